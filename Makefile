@@ -1,0 +1,60 @@
+# advlib: `make reproduce` regenerates every table and figure; `make test` runs the unit tests
+# and nbval over every notebook in the smoke profile. Both create .venv when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= default
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+# Jupyter's runtime/config files stay inside the project, not in $HOME.
+export JUPYTER_RUNTIME_DIR := $(CURDIR)/.jupyter_runtime
+export JUPYTER_DATA_DIR := $(CURDIR)/.jupyter_runtime/data
+export IPYTHONDIR := $(CURDIR)/.jupyter_runtime/ipython
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: env test unit nbval reproduce lab bench data clean-cache notebooks
+
+env: $(STAMP)
+
+# torch and torchvision first, from PyPI as a pair (the machine's local CPU torch 2.13 breaks
+# PyPI's CUDA-built torchvision), then everything else under the same constraints.
+$(STAMP): constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch torchvision
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,notebooks]"
+	$(PY) -c "import torch, torchvision; from torchvision.ops import nms; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+test: env
+	mkdir -p $(IPYTHONDIR) $(JUPYTER_RUNTIME_DIR)
+	$(PY) -m pytest tests -q -x --durations=10
+	ADVLIB_PROFILE=smoke $(PY) -m pytest --nbval-lax -p no:cacheprovider $(NOTEBOOKS) -q --durations=10
+
+unit: env
+	$(PY) -m pytest tests -q
+
+nbval: env
+	ADVLIB_PROFILE=smoke $(PY) -m pytest --nbval-lax -p no:cacheprovider $(NOTEBOOKS) -q
+
+data: env
+	$(PY) -m advlib.cli data --profile $(PROFILE)
+
+reproduce: env
+	mkdir -p $(IPYTHONDIR) $(JUPYTER_RUNTIME_DIR)
+	$(PY) -m advlib.cli data --profile $(PROFILE)
+	$(PY) -m advlib.cli reproduce --profile $(PROFILE) $(NOTEBOOKS)
+
+notebooks: env
+	$(PY) tools/make_notebooks.py
+
+lab: env
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: env
+	$(PY) benchmarks/run.py --profile $(PROFILE)
+
+clean-cache:
+	rm -rf data/cache

@@ -1,0 +1,227 @@
+"""One projected-gradient engine for every gradient attack.
+
+An attack is an *objective* (a per-image loss to maximise, see :mod:`advlib.attacks.objectives`)
+plus an :class:`AttackSpec` (budget and update rule). The engine does, per step:
+input transformations averaged over copies (DI / SI), the input gradient of the summed per-image
+loss (never parameter gradients), Gaussian smoothing of the gradient (TI), momentum (MI-FGSM),
+the update (``sign`` for FGSM/PGD, mean-L1-normalised for RAD/RAP-style, L∞-normalised for DAG),
+projection onto the ε-ball around the clean image and onto ``[0, 1]``, and a per-image
+early-stop mask. FGSM is one step without random start.
+
+Random numbers (random start, DI) come from per-image generators seeded by the spec's seed and
+the image's own bytes, so attacking a batch gives the same result as attacking each image alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+UPDATES = ("sign", "l1", "linf")
+TRANSFORMS = ("di", "ti", "si")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """Everything that defines an attack; carried by every number it produces.
+
+    Attributes:
+        objective: objective name (``cls``, ``loc``, ``multibox``, ``mda``, ``toa``, ``owa``,
+            ``cwa``, ``dag``, ``rap``, ``dfool``, ``shrink``...).
+        eps: L∞ budget in ``[0, 1]`` units (the papers' "ε = 8" is ``8/255``).
+        step_size: per-step size in ``[0, 1]`` units (for ``linf`` updates: γ, see DAG).
+        steps: number of steps (``1`` and no random start = FGSM).
+        random_start: uniform start in the ε-ball.
+        update: ``sign`` | ``l1`` (gradient / mean |gradient|) | ``linf`` (gradient / max |gradient|).
+        momentum: MI-FGSM decay μ (0 = none).
+        transforms: subset of ``di``, ``ti``, ``si``.
+        di_prob, ti_kernel, si_copies: transformation settings.
+        early_stop: stop images whose objective reports success.
+        seed: seeds random starts and transformations.
+        params: objective parameters (e.g. ``beta``), as a sorted tuple of pairs.
+        pixel_scale: 255: the scale the papers quote ε in.
+    """
+
+    objective: str
+    eps: float
+    step_size: float
+    steps: int
+    random_start: bool = True
+    update: str = "sign"
+    momentum: float = 0.0
+    transforms: tuple[str, ...] = ()
+    di_prob: float = 0.5
+    ti_kernel: int = 5
+    si_copies: int = 3
+    early_stop: bool = False
+    seed: int = 0
+    params: tuple = field(default=())
+    pixel_scale: int = 255
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.eps <= 1.0):
+            raise ValueError(f"eps must be in [0, 1] (pixel units / 255), got {self.eps}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.step_size <= 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+        if self.update not in UPDATES:
+            raise ValueError(f"update must be one of {UPDATES}, got {self.update!r}")
+        bad = [t for t in self.transforms if t not in TRANSFORMS]
+        if bad:
+            raise ValueError(f"unknown transforms {bad}; expected a subset of {TRANSFORMS}")
+        if self.momentum < 0:
+            raise ValueError(f"momentum must be >= 0, got {self.momentum}")
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.params)
+
+    def replace(self, **changes) -> "AttackSpec":
+        if "params" in changes and isinstance(changes["params"], dict):
+            changes["params"] = tuple(sorted(changes["params"].items()))
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view with ε and step also in pixel units (``eps_px = eps * 255``)."""
+        d = dataclasses.asdict(self)
+        d["transforms"] = list(self.transforms)
+        d["params"] = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in self.params}
+        d["eps_px"] = round(self.eps * self.pixel_scale, 4)
+        d["step_px"] = round(self.step_size * self.pixel_scale, 4)
+        return d
+
+    def label(self) -> str:
+        """Short human label, e.g. ``PGD-10 cls ε=8/255``."""
+        kind = "FGSM" if self.steps == 1 and not self.random_start else f"PGD-{self.steps}"
+        return f"{kind} {self.objective} ε={self.eps * self.pixel_scale:g}/{self.pixel_scale}"
+
+
+def image_generators(images: Tensor, seed: int) -> list[torch.Generator]:
+    """One CPU generator per image, seeded by ``seed`` and the image's bytes (batch-invariant)."""
+    data = (images.detach() * 255).round().to(torch.uint8).cpu().reshape(images.shape[0], -1).numpy()
+    return [torch.Generator().manual_seed((seed * 2_654_435_761 + zlib.crc32(row.tobytes())) % (2**63))
+            for row in data]
+
+
+def _per_image_rand(gens: list[torch.Generator], shape: tuple[int, ...], device) -> Tensor:
+    return torch.stack([torch.rand(shape, generator=g) for g in gens]).to(device)
+
+
+def gaussian_kernel(size: int, sigma: float | None = None) -> Tensor:
+    """Normalised 2-D Gaussian ``[size, size]`` (TI-FGSM smooths the gradient with it)."""
+    sigma = sigma if sigma is not None else size / 3.0 / math.sqrt(3.0) * 1.5
+    ax = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(ax**2) / (2 * sigma**2))
+    k = g[:, None] * g[None, :]
+    return k / k.sum()
+
+
+def _diverse_input(x: Tensor, gens: list[torch.Generator], prob: float) -> Tensor:
+    """DI (Xie et al. 2019) for fixed-size detectors: per image, with probability ``prob``,
+    shrink to a random 90-100 % and pad at a random offset, via one batched affine warp."""
+    b = x.shape[0]
+    r = _per_image_rand(gens, (4,), x.device)  # [B, 4]: apply?, scale, dx, dy
+    apply = r[:, 0] < prob
+    s = torch.where(apply, 0.9 + 0.1 * r[:, 1], torch.ones_like(r[:, 1]))
+    tx = torch.where(apply, (1 - s) * (2 * r[:, 2] - 1), torch.zeros_like(s))
+    ty = torch.where(apply, (1 - s) * (2 * r[:, 3] - 1), torch.zeros_like(s))
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 1, 1] = 1 / s, 1 / s
+    theta[:, 0, 2], theta[:, 1, 2] = -tx / s, -ty / s
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _normalise(g: Tensor, how: str) -> Tensor:
+    flat = g.reshape(g.shape[0], -1)  # [B, 3*H*W]
+    if how == "l1":
+        scale = flat.abs().mean(1).clamp(min=1e-12)
+    else:
+        scale = flat.abs().amax(1).clamp(min=1e-12)
+    return g / scale.view(-1, *([1] * (g.dim() - 1)))
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Project onto the L∞ ball of radius ``eps`` around ``x`` and onto ``[0, 1]``."""
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+
+
+def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, state=None) -> Tensor:
+    """Maximise ``objective`` on ``images`` under ``spec``.
+
+    Args:
+        model: the attacked detector; put in eval mode for the attack and restored after.
+        images: ``[B, 3, H, W]`` in ``[0, 1]``.
+        objective: has ``loss(model, x, state) -> [B]`` and optionally ``done(model, x, state)
+            -> [B] bool`` (early stop) and ``update(spec, grad) -> grad`` hooks.
+        spec: the attack settings.
+        state: the objective's prepared state (``objective.prepare(model, images, targets)``).
+
+    Returns:
+        Adversarial images ``[B, 3, H, W]`` with ``|x_adv - x|_∞ <= eps`` and values in ``[0, 1]``.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+    was_training = model.training
+    model.eval()
+    x = images.detach()
+    gens = image_generators(x, spec.seed) if (spec.random_start or "di" in spec.transforms) else []
+    try:
+        with torch.no_grad():
+            if spec.random_start:
+                noise = _per_image_rand(gens, tuple(x.shape[1:]), x.device) * 2 - 1
+                x_adv = project(x + spec.eps * noise, x, spec.eps)
+            else:
+                x_adv = x.clone()
+            active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            velocity = torch.zeros_like(x)
+            kernel = None
+            if "ti" in spec.transforms:
+                kernel = gaussian_kernel(spec.ti_kernel).to(x).expand(3, 1, -1, -1).contiguous()
+        for _ in range(spec.steps):
+            if spec.early_stop and hasattr(objective, "done"):
+                with torch.no_grad():
+                    active &= ~objective.done(model, x_adv, state)
+                if not bool(active.any()):
+                    break
+            grad = _input_gradient(model, x_adv, objective, spec, state, gens)
+            with torch.no_grad():
+                if kernel is not None:
+                    grad = F.conv2d(grad, kernel, padding=spec.ti_kernel // 2, groups=3)
+                if spec.momentum > 0:
+                    velocity = spec.momentum * velocity + _normalise(grad, "l1")
+                    grad = velocity
+                if spec.update == "sign":
+                    step = grad.sign()
+                else:
+                    step = _normalise(grad, spec.update)
+                x_adv = x_adv + spec.step_size * step * active.view(-1, 1, 1, 1)
+                x_adv = project(x_adv, x, spec.eps)
+        return x_adv.detach()
+    finally:
+        model.train(was_training)
+
+
+def _input_gradient(model, x_adv: Tensor, objective, spec: AttackSpec, state, gens) -> Tensor:
+    """Gradient of ``sum_b loss_b`` w.r.t. the input, averaged over DI/SI copies."""
+    copies = [1.0 / 2**i for i in range(spec.si_copies)] if "si" in spec.transforms else [1.0]
+    total = torch.zeros_like(x_adv)
+    for scale in copies:
+        xa = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            inp = xa * scale
+            if "di" in spec.transforms:
+                inp = _diverse_input(inp, gens, spec.di_prob)
+            loss = objective.loss(model, inp, state)
+            if loss.dim() != 1 or loss.shape[0] != x_adv.shape[0]:
+                raise ValueError(f"objective must return a per-image loss [B], got {tuple(loss.shape)}")
+            (g,) = torch.autograd.grad(loss.sum(), xa)
+        total += g
+    return total / len(copies)

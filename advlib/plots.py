@@ -1,0 +1,87 @@
+"""Figures the notebooks share: images with boxes, dataset statistics (CWAT Fig. 4 style)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from torch import Tensor
+
+_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
+            "#bfef45", "#fabed4", "#469990", "#9a6324", "#800000", "#808000", "#000075"]
+
+
+def draw_boxes(ax, image: Tensor, boxes=None, labels=None, scores=None, classes: Sequence[str] = (),
+               score_thresh: float = 0.3, title: str | None = None) -> None:
+    """Show ``image [3, H, W]`` with xyxy ``boxes``; ``scores`` below ``score_thresh`` are hidden."""
+    import matplotlib.patches as patches
+
+    ax.imshow(image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy())  # [3,H,W] -> [H,W,3]
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+    if boxes is None:
+        return
+    boxes = np.asarray(boxes.detach().cpu() if hasattr(boxes, "detach") else boxes).reshape(-1, 4)
+    labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).reshape(-1)
+    sc = None if scores is None else np.asarray(scores.cpu() if hasattr(scores, "cpu") else scores).reshape(-1)
+    for i, (b, lab) in enumerate(zip(boxes, labels)):
+        if sc is not None and sc[i] < score_thresh:
+            continue
+        colour = _COLOURS[int(lab) % len(_COLOURS)]
+        ax.add_patch(patches.Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=1.2, ec=colour))
+        name = classes[int(lab) - 1] if classes and 0 < int(lab) <= len(classes) else str(int(lab))
+        text = name if sc is None else f"{name} {sc[i]:.2f}"
+        ax.text(b[0], b[1], text, fontsize=6, color="white", va="bottom",
+                bbox={"facecolor": colour, "alpha": 0.7, "pad": 0.5, "lw": 0})
+
+
+def image_grid(images: Tensor, targets: Sequence[dict], classes: Sequence[str], ncols: int = 4,
+               titles: Sequence[str] | None = None, score_thresh: float = 0.3, size: float = 2.4):
+    """A figure of images with their boxes (ground truth, or detections when ``scores`` exist)."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i in range(n):
+        t = targets[i]
+        draw_boxes(axes.flat[i], images[i], t.get("boxes"), t.get("labels"), t.get("scores"), classes,
+                   score_thresh, None if titles is None else titles[i])
+    fig.tight_layout()
+    return fig
+
+
+def dataset_statistics(dataset) -> dict[str, np.ndarray]:
+    """Objects per image, distinct classes per image and objects per class (from annotations only)."""
+    n_obj, n_cls = [], []
+    per_class = np.zeros(len(dataset.classes), dtype=np.int64)
+    for i in range(len(dataset)):
+        labels = np.asarray(dataset.annotation(i)["labels"])
+        n_obj.append(len(labels))
+        n_cls.append(len(set(labels.tolist())))
+        np.add.at(per_class, labels - 1, 1)
+    return {"objects_per_image": np.array(n_obj), "classes_per_image": np.array(n_cls),
+            "objects_per_class": per_class}
+
+
+def plot_dataset_statistics(stats: dict[str, np.ndarray], classes: Sequence[str]):
+    """Histograms of objects and classes per image (CWAT Fig. 4) and the class frequencies."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    for ax, key, title in ((axes[0], "objects_per_image", "objects per image"),
+                           (axes[1], "classes_per_image", "classes per image")):
+        v = stats[key]
+        ax.hist(v, bins=np.arange(v.min(), v.max() + 2) - 0.5, color="#4363d8", rwidth=0.85)
+        ax.set_xlabel(title)
+        ax.set_ylabel("images")
+    order = np.argsort(-stats["objects_per_class"])
+    axes[2].bar([classes[i] for i in order], stats["objects_per_class"][order], color="#f58231")
+    axes[2].set_ylabel("objects")
+    axes[2].tick_params(axis="x", rotation=60, labelsize=7)
+    axes[2].set_title("class frequency (long tail)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,311 @@
+"""One training loop for every recipe.
+
+A *recipe* turns a batch into a scalar loss (standard SSD loss, adversarial training on an
+attack, MTD, CWAT, ...). The loop owns everything else: optimiser (SGD with momentum as the
+papers, or AdamW, no weight decay on BN and biases), warm-up plus cosine or step schedule,
+batched augmentation drawn from a seeded generator, gradient clipping, a tqdm bar, and a
+checkpoint after every epoch from which a killed run resumes to bit-identical weights (every
+random draw of epoch ``e`` comes from a generator seeded by ``(seed, e)``, so nothing but the
+model/optimiser/schedule state needs saving).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torchvision.ops import roi_align
+from tqdm.auto import tqdm
+
+from advlib.losses import REDUCERS, match_anchors, multibox_terms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training schedule.
+
+    Attributes:
+        epochs, batch_size: schedule length and batch.
+        optimizer: ``sgd`` (momentum, as the papers) or ``adamw``.
+        lr, weight_decay, momentum: optimiser settings (no decay on BN weights and biases).
+        warmup_frac: fraction of all steps with linear warm-up.
+        schedule: ``cosine`` or ``step`` (``milestones`` as fractions of training, ``gamma``).
+        grad_clip: max gradient norm (``0`` disables).
+        augment: flip + photometric + scale jitter, drawn from the seeded generator.
+        seed: seeds shuffling and augmentation (model init is seeded by the caller).
+        num_workers: DataLoader workers.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_frac: float = 0.04
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
+    grad_clip: float = 10.0
+    augment: bool = True
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"epochs, batch_size and lr must be positive: {self}")
+
+    @classmethod
+    def from_profile(cls, profile, seed: int = 0, finetune: bool = False) -> "TrainConfig":
+        """The STD schedule of a profile, or its fine-tuning schedule for adversarial recipes."""
+        return cls(
+            epochs=profile.finetune_epochs if finetune else profile.epochs,
+            batch_size=profile.batch_size,
+            optimizer=profile.optimizer,
+            lr=profile.finetune_lr if finetune else profile.lr,
+            weight_decay=profile.weight_decay,
+            momentum=profile.momentum,
+            warmup_frac=0.0 if finetune else profile.warmup_frac,
+            schedule=profile.schedule,
+            milestones=tuple(profile.milestones),
+            augment=profile.augment,
+            seed=seed,
+            num_workers=profile.num_workers,
+        )
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+class Recipe(Protocol):
+    """Turns a batch into a training loss. ``spec()`` is part of the model-cache key."""
+
+    name: str
+
+    def __call__(self, model: nn.Module, images: Tensor, targets: list[dict]) -> Tensor: ...
+
+    def spec(self) -> dict: ...
+
+
+class StandardRecipe:
+    """STD: the clean multibox loss (SSD; MTD eq. 1), averaged over images."""
+
+    name = "std"
+
+    def __init__(self, reducer: str = "multibox") -> None:
+        if reducer not in REDUCERS:
+            raise ValueError(f"unknown reducer {reducer!r}; expected one of {sorted(REDUCERS)}")
+        self.reducer = reducer
+
+    def __call__(self, model: nn.Module, images: Tensor, targets: list[dict]) -> Tensor:
+        matched = match_anchors(model.anchors, targets, model.box_coder)
+        return REDUCERS[self.reducer](multibox_terms(model(images), matched)).mean()
+
+    def spec(self) -> dict:
+        return {"recipe": self.name, "reducer": self.reducer}
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW; weight decay on conv/linear weights only, not BN or biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` of ``total``."""
+    warm = int(cfg.warmup_frac * total)
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "cosine":
+        progress = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.gamma ** sum(step >= m * total for m in cfg.milestones)
+
+
+def augment_batch(images: Tensor, targets: list[dict], gen: torch.Generator) -> tuple[Tensor, list[dict]]:
+    """SSD-style augmentation for a whole batch: scale jitter (zoom in/out), flip, photometric.
+
+    All random numbers come from ``gen`` (CPU), so a run is reproducible on any device.
+
+    Shape:
+        images ``[B, 3, H, W]`` in [0, 1] -> same; boxes transformed, objects whose centre leaves
+        the crop are dropped.
+    """
+    b, _, h, w = images.shape
+    dev = images.device
+    r = torch.rand(b, 9, generator=gen)  # every draw for the batch at once
+    scale = torch.where(r[:, 0] < 0.5, 0.6 + 0.8 * r[:, 1], torch.ones(b))  # crop side / image side
+    aspect = 0.85 + 0.3 * r[:, 2]
+    cw, ch = scale * w * aspect.sqrt(), scale * h / aspect.sqrt()
+    x0 = torch.minimum(torch.zeros(b), w - cw) + r[:, 3] * (w - cw).abs()
+    y0 = torch.minimum(torch.zeros(b), h - ch) + r[:, 4] * (h - ch).abs()
+    rois = torch.stack([torch.arange(b, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1).to(dev)
+    fill = 0.5
+    out = roi_align(images - fill, rois, (h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True) + fill
+    flip = r[:, 5] < 0.5
+    out = torch.where(flip.to(dev)[:, None, None, None], out.flip(-1), out)
+    # photometric: brightness, contrast, saturation
+    bright = (r[:, 6] - 0.5) * 0.2
+    contrast = 0.75 + 0.5 * r[:, 7]
+    sat = 0.7 + 0.6 * r[:, 8]
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * contrast.to(dev).view(b, 1, 1, 1) + mean + bright.to(dev).view(b, 1, 1, 1)
+    gray = out.mean(dim=1, keepdim=True)
+    out = ((out - gray) * sat.to(dev).view(b, 1, 1, 1) + gray).clamp(0.0, 1.0)
+    new_targets = []
+    for i, t in enumerate(targets):
+        boxes = t["boxes"]
+        sx, sy = float(w / cw[i]), float(h / ch[i])
+        off = torch.tensor([x0[i], y0[i], x0[i], y0[i]], device=boxes.device)
+        nb = (boxes - off) * torch.tensor([sx, sy, sx, sy], device=boxes.device)
+        cx, cy = (nb[:, 0] + nb[:, 2]) / 2, (nb[:, 1] + nb[:, 3]) / 2
+        nb = torch.stack([nb[:, 0].clamp(0, w), nb[:, 1].clamp(0, h), nb[:, 2].clamp(0, w), nb[:, 3].clamp(0, h)], 1)
+        keep = (cx > 0) & (cx < w) & (cy > 0) & (cy < h) & (nb[:, 2] - nb[:, 0] > 2) & (nb[:, 3] - nb[:, 1] > 2)
+        nb = nb[keep]
+        if flip[i]:
+            nb = torch.stack([w - nb[:, 2], nb[:, 1], w - nb[:, 0], nb[:, 3]], 1)
+        nt = {k: (v[keep] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == boxes.shape[0] else v)
+              for k, v in t.items()}
+        nt["boxes"] = nb
+        new_targets.append(nt)
+    return out, new_targets
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    model: nn.Module,
+    dataset,
+    recipe: Recipe,
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+    desc: str | None = None,
+) -> list[dict]:
+    """Train ``model`` in place with ``recipe``; resume from ``checkpoint_dir`` if it holds one.
+
+    Args:
+        model: the detector (on any device; moved to ``device``).
+        dataset: a detection dataset returning ``(image [3,H,W], target)``.
+        recipe: batch -> loss (see :class:`Recipe`).
+        cfg: the schedule.
+        device: where to train.
+        checkpoint_dir: ``last.pt`` is written there after every epoch (atomically) and resumed
+            from; ``None`` disables checkpoints.
+        progress: show a tqdm bar.
+        stop_after_epochs: stop after this many epochs *in this call* (simulates a kill; tests).
+        desc: progress-bar label.
+
+    Returns:
+        Per-epoch history: ``[{"epoch", "loss", "lr", "seconds", "images_per_s"}]``.
+    """
+    from advlib.data import collate
+
+    device = torch.device(device)
+    model.to(device)
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("cannot train on an empty dataset")
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = n // bs
+    total = steps_per_epoch * cfg.epochs
+    opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg))
+    history: list[dict] = []
+    start_epoch = 0
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
+    if ckpt is not None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        if ckpt.exists():
+            try:
+                state = torch.load(ckpt, map_location=device, weights_only=False)
+                if state.get("cfg") != cfg.to_dict() or state.get("recipe") != recipe.spec():
+                    raise ValueError("checkpoint was written by a different configuration")
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+                start_epoch, history = state["epoch"], state["history"]
+                log.info("resuming %s from epoch %d", ckpt, start_epoch)
+            except Exception as exc:  # corrupt or foreign checkpoint: start over, loudly
+                import warnings
+
+                warnings.warn(f"ignoring checkpoint {ckpt} ({exc}); training from scratch", stacklevel=2)
+                start_epoch, history = 0, []
+    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=desc or recipe.name,
+               disable=not progress, leave=False)
+    epochs_run = 0
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+                break
+            gen = _epoch_generator(cfg.seed, epoch)
+            order = torch.randperm(n, generator=gen).tolist()
+            batches = [order[i * bs:(i + 1) * bs] for i in range(steps_per_epoch)]
+            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
+            model.train()
+            t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+            for images, targets in loader:
+                images = images.to(device, non_blocking=True)
+                targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+                if cfg.augment:
+                    images, targets = augment_batch(images, targets, gen)
+                model.train()
+                loss = recipe(model, images, targets)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}; lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                loss_sum += float(loss.detach())
+                seen += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}")
+            secs = time.perf_counter() - t0
+            history.append({"epoch": epoch + 1, "loss": loss_sum / steps_per_epoch,
+                            "lr": opt.param_groups[0]["lr"], "seconds": secs,
+                            "images_per_s": steps_per_epoch * bs / max(secs, 1e-9)})
+            epochs_run += 1
+            if ckpt is not None:
+                _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history,
+                              "cfg": cfg.to_dict(), "recipe": recipe.spec()}, ckpt)
+    finally:
+        bar.close()
+    model.eval()
+    return history
