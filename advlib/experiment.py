@@ -17,9 +17,10 @@ from torch import Tensor
 
 from advlib.data import build_dataset, collate
 from advlib.data.synthetic import SyntheticConfig, generate_voc
-from advlib.evaluate import VOCResult, evaluate_voc
+from advlib.evaluate import VOCResult
 from advlib.models import SSDDetector, build_ssd
 from advlib.profiles import RunParams, default_data_root, validate_params
+from advlib.robustness import detect_all, mean_ap
 from advlib.train import Recipe, StandardRecipe, TrainConfig, train
 from advlib.zoo import ModelZoo
 
@@ -155,19 +156,15 @@ class Experiment:
             return {"history": hist, "train_seconds": time.perf_counter() - t0}
 
         model, meta = self.zoo.get(spec, build, fit)
+        model.zoo_key = meta["key"]  # identifies it in transfer-set cache keys
         self._last_key = meta["key"]
         self.last_meta = meta
         return model.to(self.device).eval()
 
     # ------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def detect(self, model: SSDDetector, images: Tensor, batch_size: int = 64) -> list[dict]:
-        """Detections for ``images`` (moved to the device in batches), on the CPU."""
-        out = []
-        for i in range(0, images.shape[0], batch_size):
-            dets = model.detect(images[i:i + batch_size].to(self.device))
-            out.extend({k: v.cpu() for k, v in d.items()} for d in dets)
-        return out
+        """Detections for ``images`` (moved to the model's device in batches), on the CPU."""
+        return detect_all(model, images, batch_size)
 
     def evaluate(self, model: SSDDetector, images: Tensor | None = None, targets: list[dict] | None = None,
                  use_07_metric: bool = True) -> VOCResult:
@@ -176,5 +173,4 @@ class Experiment:
             images, targets = self.eval_data
         if targets is None:
             raise ValueError("targets are required when images are given")
-        return evaluate_voc(self.detect(model, images), targets, self.num_classes,
-                            use_07_metric=use_07_metric, class_names=self.classes)
+        return mean_ap(model, images, targets, self.num_classes, use_07_metric, self.classes)

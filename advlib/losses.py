@@ -198,3 +198,54 @@ def detection_loss(model, images: Tensor, targets: list[dict[str, Tensor]], redu
         raise ValueError(f"unknown reducer {reducer!r}; expected one of {sorted(REDUCERS)}")
     matched = match_anchors(model.anchors, targets, model.box_coder)
     return REDUCERS[reducer](multibox_terms(model(images), matched))
+
+
+# --------------------------------------------------------------------------- CWAT reducers
+def object_losses(terms: Terms) -> tuple[Tensor, Tensor, Tensor]:
+    """Each object's classification and localisation loss: the mean over its positive anchors.
+
+    Hard negatives belong to no object, so they do not enter object-wise losses.
+
+    Returns:
+        ``(cls [B, M], loc [B, M], present [B, M] bool)``; ``present`` marks real objects that own
+        at least one positive anchor (every object does after matching).
+    """
+    b, m = terms.object_labels.shape
+    idx = terms.object_index.clamp(min=0)  # [B, A]; background rows are masked below
+    pos = terms.positive.to(terms.cls.dtype)
+    count = torch.zeros(b, m, dtype=terms.cls.dtype, device=terms.cls.device).scatter_add_(1, idx, pos)
+    cls_sum = torch.zeros_like(count).scatter_add(1, idx, terms.cls * pos)
+    loc_sum = torch.zeros_like(count).scatter_add(1, idx, terms.loc * pos)
+    present = (count > 0) & (terms.object_labels > 0)
+    denom = count.clamp(min=1.0)
+    return cls_sum / denom, loc_sum / denom, present
+
+
+def toa_loss(terms: Terms, beta_cls: float = 6.0, beta_loc: float = 6.0) -> Tensor:
+    """Task-oriented loss (CWAT eq. 8-9): ``min(L_cls, β_cls) + min(L_loc, β_loc)`` -> ``[B]``."""
+    return cls_loss(terms).clamp(max=beta_cls) + loc_loss(terms).clamp(max=beta_loc)
+
+
+def owa_loss(terms: Terms, beta: float = 6.0) -> Tensor:
+    """Object-wise loss (CWAT eq. 10-11): ``Σ_objects min(l_cls^o, β_o) + min(l_loc^o, β_o)`` -> ``[B]``."""
+    oc, ol, present = object_losses(terms)
+    return ((oc.clamp(max=beta) + ol.clamp(max=beta)) * present).sum(1)
+
+
+def cwa_loss(terms: Terms, beta: float = 6.0) -> Tensor:
+    """Class-wise loss (CWAT eq. 12): clipped object losses averaged within each class, then over
+    the classes present in the image -> ``[B]``."""
+    oc, ol, present = object_losses(terms)
+    per_object = (oc.clamp(max=beta) + ol.clamp(max=beta)) * present  # [B, M]
+    b, m = per_object.shape
+    k = int(terms.object_labels.max().item()) + 1 if terms.object_labels.numel() else 1
+    lab = torch.where(present, terms.object_labels, torch.zeros_like(terms.object_labels))
+    class_sum = torch.zeros(b, k, dtype=per_object.dtype, device=per_object.device).scatter_add_(1, lab, per_object)
+    class_n = torch.zeros_like(class_sum).scatter_add_(1, lab, present.to(per_object.dtype))
+    class_n[:, 0] = 0  # column 0 collects padding
+    has = class_n > 0
+    class_mean = torch.where(has, class_sum / class_n.clamp(min=1.0), torch.zeros_like(class_sum))
+    return class_mean.sum(1) / has.sum(1).clamp(min=1)
+
+
+REDUCERS.update({"toa": toa_loss, "owa": owa_loss, "cwa": cwa_loss})

@@ -1,44 +1,310 @@
-"""Robustness evaluation: attack a dataset in batches, evaluate, tag every number with its spec."""
+"""Robustness evaluation: attack whole test sets in batches, robustness tables, sweeps.
+
+Every number comes with the attack spec that produced it. White-box cells attack the evaluated
+model; transfer cells evaluate model B on images crafted on model A, which are crafted once and
+cached on disk as a VOC-layout dataset of PNGs (nothing lost to JPEG; rounding to 8 bits keeps
+the perturbation inside the ε-ball because the clean images are themselves 8-bit), so a second
+table with the same cell is evaluation only, and the set can be reused as an adversarial test set.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from advlib.attacks import AttackSpec, attack
+from advlib.evaluate import evaluate_voc
+from advlib.profiles import PROJECT_ROOT
 
 
-def adversarial_images(model, images: Tensor, targets: list[dict], spec: AttackSpec, batch_size: int = 32,
-                       device: torch.device | str | None = None, progress: bool = True) -> Tensor:
+def _to(device, targets: list[dict]) -> list[dict]:
+    return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
+def adversarial_images(model, images: Tensor, targets: list[dict] | None, spec: AttackSpec, batch_size: int = 32,
+                       device: torch.device | str | None = None, progress: bool = True,
+                       snapshots: list[int] | None = None):
     """Craft adversarial examples for a whole set, batch by batch.
 
     Args:
         model: attacked detector.
         images: ``[N, 3, H, W]`` in ``[0, 1]`` (any device; results come back on the CPU).
-        targets: ground truth per image.
+        targets: ground truth per image (``None`` for objectives that do not use it).
         spec: the attack.
         batch_size: images per attack batch.
         device: where to attack (default: the model's device).
         progress: tqdm bar.
+        snapshots: also return intermediate step counts (``{k: [N, 3, H, W]}``).
 
     Returns:
-        ``[N, 3, H, W]`` adversarial images on the CPU.
+        ``[N, 3, H, W]`` adversarial images on the CPU (or a dict by step count).
     """
-    if len(targets) != images.shape[0]:
+    if targets is not None and len(targets) != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    out = []
+    parts: list = []
     for i in tqdm(range(0, images.shape[0], batch_size), desc=spec.label(), disable=not progress, leave=False):
         x = images[i:i + batch_size].to(dev)
-        t = [{k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in tt.items()} for tt in targets[i:i + batch_size]]
-        out.append(attack(model, x, t, spec).cpu())
-    return torch.cat(out) if out else images.new_zeros((0, *images.shape[1:]))
+        t = None if targets is None else _to(dev, targets[i:i + batch_size])
+        out = attack(model, x, t, spec, snapshots=snapshots)
+        parts.append({k: v.cpu() for k, v in out.items()} if snapshots is not None else out.cpu())
+    if snapshots is not None:
+        return {k: torch.cat([p[k] for p in parts]) for k in snapshots}
+    return torch.cat(parts) if parts else images.new_zeros((0, *images.shape[1:]))
+
+
+@torch.no_grad()
+def detect_all(model, images: Tensor, batch_size: int = 64) -> list[dict]:
+    """Detections for a set of images, on the CPU."""
+    dev = next(model.parameters()).device
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        out.extend({k: v.cpu() for k, v in d.items()} for d in model.detect(images[i:i + batch_size].to(dev)))
+    return out
+
+
+def mean_ap(model, images: Tensor, targets: list[dict], num_classes: int, use_07_metric: bool = True,
+            class_names=None):
+    """VOC mAP@0.5 of ``model`` on ``images`` (a :class:`~advlib.evaluate.VOCResult`)."""
+    return evaluate_voc(detect_all(model, images), targets, num_classes, use_07_metric=use_07_metric,
+                        class_names=class_names)
+
+
+def model_fingerprint(model) -> str:
+    """The zoo key of a model if it has one, else a hash of its weights."""
+    key = getattr(model, "zoo_key", None)
+    if key:
+        return str(key)
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+# --------------------------------------------------------------- cached adversarial sets
+def _xml(image_id: str, size: tuple[int, int], target: dict, classes) -> str:
+    h, w = size
+    objs = []
+    diff = target.get("difficult", torch.zeros(len(target["labels"]), dtype=torch.bool))
+    for b, lab, d in zip(target["boxes"].tolist(), target["labels"].tolist(), diff.tolist()):
+        # VOC's 1-based convention: x1 = xmin - 1, x2 = xmax (floats kept exactly with repr)
+        objs.append(f"<object><name>{classes[lab - 1]}</name><difficult>{int(d)}</difficult><bndbox>"
+                    f"<xmin>{b[0] + 1!r}</xmin><ymin>{b[1] + 1!r}</ymin><xmax>{b[2]!r}</xmax><ymax>{b[3]!r}</ymax>"
+                    f"</bndbox></object>")
+    return (f"<annotation><filename>{image_id}.png</filename><size><width>{w}</width><height>{h}</height>"
+            f"<depth>3</depth></size>{''.join(objs)}</annotation>\n")
+
+
+class AdversarialCache:
+    """Adversarial test sets on disk (``data/cache/adv/<key>/``, VOC layout, PNG images).
+
+    The key hashes the source model's fingerprint, the attack spec and the clean set's identity.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root) if root is not None else PROJECT_ROOT / "data" / "cache" / "adv"
+
+    def key(self, source_model, spec: AttackSpec, data_id: str) -> str:
+        blob = json.dumps({"model": model_fingerprint(source_model), "spec": spec.to_dict(), "data": data_id},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def load(self, key: str) -> Tensor | None:
+        d = self.path(key)
+        ids_file = d / "ImageSets" / "Main" / "test.txt"
+        if not (d / "spec.json").exists() or not ids_file.exists():
+            return None
+        ids = ids_file.read_text().split()
+        arrays = [np.asarray(Image.open(d / "JPEGImages" / f"{i}.png").convert("RGB")) for i in ids]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)  # [N,H,W,3] -> [N,3,H,W]
+
+    def save(self, key: str, images: Tensor, targets: list[dict], classes, spec: AttackSpec, meta: dict) -> Tensor:
+        """Write atomically; returns the 8-bit-rounded images that were written."""
+        d = self.path(key)
+        tmp = d.with_name(d.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+            (tmp / sub).mkdir(parents=True)
+        u8 = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [N,3,H,W] -> [N,H,W,3]
+        ids = [f"{i:06d}" for i in range(len(u8))]
+        for i, arr in zip(ids, u8):
+            Image.fromarray(arr).save(tmp / "JPEGImages" / f"{i}.png")
+        for i, t in zip(ids, targets):
+            (tmp / "Annotations" / f"{i}.xml").write_text(_xml(i, u8.shape[1:3], t, classes))
+        (tmp / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids) + "\n")
+        (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
+        (tmp / "spec.json").write_text(json.dumps({"spec": spec.to_dict(), **meta}, indent=1, default=str))
+        if d.exists():
+            shutil.rmtree(d)
+        os.replace(tmp, d)
+        return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(255.0)
+
+
+# ------------------------------------------------------------------------ tables
+@dataclass(frozen=True)
+class Transfer:
+    """A transfer attack: craft on ``source`` (a model name), evaluate on every row."""
+
+    source: str
+    spec: AttackSpec
+
+
+@dataclass
+class Cell:
+    model: str
+    attack: str
+    source: str
+    map: float
+    map_allpoint: float
+    spec: dict | None
+    seconds: float
+    cached: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RobustnessTable:
+    """Models × attacks → mAP; ``cells`` keep the spec, source model and time of every number."""
+
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        df = pd.DataFrame([c.to_dict() for c in self.cells])
+        if df.empty:
+            return df
+        order_m = list(dict.fromkeys(df["model"]))
+        order_a = list(dict.fromkeys(df["attack"]))
+        return df.pivot(index="model", columns="attack", values="map").loc[order_m, order_a]
+
+    def get(self, model: str, attack_name: str) -> float:
+        for c in self.cells:
+            if c.model == model and c.attack == attack_name:
+                return c.map
+        raise KeyError(f"no cell ({model!r}, {attack_name!r})")
+
+    def to_dict(self) -> dict:
+        return {"map": self.frame.to_dict(), "cells": [c.to_dict() for c in self.cells]}
+
+
+def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str, AttackSpec | Transfer | None],
+                     images: Tensor, targets: list[dict], classes, sources: Mapping[str, torch.nn.Module] | None = None,
+                     cache: AdversarialCache | None = None, data_id: str = "", batch_size: int = 32,
+                     progress: bool = True, use_07_metric: bool = True) -> RobustnessTable:
+    """Evaluate every model under every attack.
+
+    Args:
+        models: row name -> detector.
+        attacks: column name -> ``None`` (clean), an :class:`AttackSpec` (white-box: attacks the
+            row's model), or a :class:`Transfer` (crafted once on ``sources[source]`` or
+            ``models[source]``, cached on disk, evaluated on every row).
+        images, targets: the clean evaluation set.
+        classes: class names (for mAP and the cached sets' annotations).
+        sources: extra source models for transfer columns (not evaluated as rows).
+        cache: where transfer sets are cached (default ``data/cache/adv``).
+        data_id: identity of the clean set (part of the transfer cache key).
+        batch_size, progress, use_07_metric: evaluation settings.
+
+    Returns:
+        A :class:`RobustnessTable`.
+    """
+    cache = cache or AdversarialCache()
+    pool = {**(sources or {}), **models}
+    table = RobustnessTable()
+    crafted: dict[str, tuple[Tensor, bool]] = {}
+    for col, atk in attacks.items():
+        if isinstance(atk, Transfer):
+            if atk.source not in pool:
+                raise ValueError(f"transfer column {col!r}: unknown source model {atk.source!r}; have {sorted(pool)}")
+            src = pool[atk.source]
+            key = cache.key(src, atk.spec, data_id)
+            t0 = time.perf_counter()
+            adv = cache.load(key)
+            hit = adv is not None
+            if not hit:
+                adv = adversarial_images(src, images, targets, atk.spec, batch_size, progress=progress)
+                adv = cache.save(key, adv, targets, classes, atk.spec, {"source": atk.source, "data": data_id})
+            crafted[col] = (adv, hit, time.perf_counter() - t0)
+    for row, model in models.items():
+        for col, atk in attacks.items():
+            t0 = time.perf_counter()
+            cached = False
+            if atk is None:
+                adv, spec, source = images, None, row
+            elif isinstance(atk, Transfer):
+                adv, cached, _ = crafted[col]
+                spec, source = atk.spec, atk.source
+            else:
+                adv = adversarial_images(model, images, targets, atk, batch_size, progress=progress)
+                spec, source = atk, row
+            dets = detect_all(model, adv)
+            r = evaluate_voc(dets, targets, len(classes), use_07_metric=use_07_metric, class_names=classes)
+            r_all = evaluate_voc(dets, targets, len(classes), use_07_metric=False, class_names=classes)
+            table.cells.append(Cell(row, col, source, r.map, r_all.map, None if spec is None else spec.to_dict(),
+                                    time.perf_counter() - t0, cached))
+    return table
+
+
+def sweep(model, spec: AttackSpec, images: Tensor, targets: list[dict], num_classes: int,
+          eps: list[float] | None = None, steps: list[int] | None = None, batch_size: int = 32,
+          progress: bool = True) -> pd.DataFrame:
+    """mAP as the budget or the number of steps varies (MTD Fig. 5/6, CWAT Fig. 3/6).
+
+    A steps sweep runs one attack with ``max(steps)`` steps and keeps snapshots (a k-step PGD is
+    the prefix of a longer one); an ε sweep runs one attack per value (step size unchanged).
+
+    Returns:
+        DataFrame with columns ``eps`` (0-1 units), ``eps_px``, ``steps``, ``map``, ``spec``.
+    """
+    if (eps is None) == (steps is None):
+        raise ValueError("give exactly one of eps=[...] or steps=[...]")
+    rows = []
+    if steps is not None:
+        if any(s < 0 for s in steps):
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        positive = sorted({s for s in steps if s > 0})
+        long = spec.replace(steps=max(positive)) if positive else spec
+        snaps = adversarial_images(model, images, targets, long, batch_size, progress=progress,
+                                   snapshots=positive) if positive else {}
+        for s in steps:
+            adv = images if s == 0 else snaps[s]
+            m = mean_ap(model, adv, targets, num_classes).map
+            rows.append({"eps": spec.eps, "eps_px": spec.eps * 255, "steps": s, "map": m,
+                         "spec": spec.replace(steps=max(s, 1)).to_dict()})
+    else:
+        for e in eps:
+            if e == 0:
+                adv, sp = images, spec.replace(eps=0.0)
+            else:
+                sp = spec.replace(eps=e)
+                adv = adversarial_images(model, images, targets, sp, batch_size, progress=progress)
+            rows.append({"eps": e, "eps_px": e * 255, "steps": spec.steps,
+                         "map": mean_ap(model, adv, targets, num_classes).map, "spec": sp.to_dict()})
+    return pd.DataFrame(rows)
 
 
 def evaluate_attack(exp, model, spec: AttackSpec | None, batch_size: int = 32, progress: bool = True) -> dict:
     """mAP (VOC07 11-point and all-point) of ``model`` on the experiment's evaluation subset under
-    ``spec`` (``None`` = clean), with the spec attached."""
+    ``spec`` (``None`` = clean), with the spec attached and the adversarial images returned."""
     images, targets = exp.eval_data
     if spec is not None:
         images = adversarial_images(model, images, targets, spec, batch_size, exp.device, progress)

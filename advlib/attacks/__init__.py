@@ -1,47 +1,86 @@
 """Detector attacks: one projected-gradient engine, many objectives.
 
 ``attack(model, images, targets, spec)`` runs the attack ``spec`` describes; ``PRESETS`` holds
-the papers' settings by name.
+the papers' settings by name (``preset("A_cls")``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor
 
 from advlib.attacks.engine import AttackSpec, project, run_attack
-from advlib.attacks.objectives import TaskObjective
+from advlib.attacks.objectives import (DAGObjective, DfoolObjective, RAPObjective, ShrinkObjective,
+                                       TaskObjective)
+from advlib.losses import match_anchors, multibox_terms, ssd_loss
+
+_OBJECTIVE_CLASSES = {"dag": DAGObjective, "dfool": DfoolObjective, "shrink": ShrinkObjective, "rap": RAPObjective}
+OBJECTIVES = (*TaskObjective.NAMES, *_OBJECTIVE_CLASSES, "mda")
 
 
 def make_objective(spec: AttackSpec):
     """The objective object named by ``spec.objective`` (with ``spec.params``)."""
-    if spec.objective in TaskObjective.REDUCERS:
-        return TaskObjective(spec.objective)
-    raise ValueError(f"unknown objective {spec.objective!r}; expected one of {sorted(OBJECTIVES)}")
+    name = spec.objective
+    if name in TaskObjective.NAMES:
+        return TaskObjective(name, **spec.kwargs)
+    if name in _OBJECTIVE_CLASSES:
+        return _OBJECTIVE_CLASSES[name](seed=spec.seed, **spec.kwargs)
+    raise ValueError(f"unknown objective {name!r}; expected one of {OBJECTIVES}")
 
 
-OBJECTIVES = tuple(TaskObjective.REDUCERS)
-
-
-def attack(model, images: Tensor, targets: list[dict] | None, spec: AttackSpec) -> Tensor:
+def attack(model, images: Tensor, targets: list[dict] | None, spec: AttackSpec,
+           snapshots: list[int] | None = None, generators: list | None = None):
     """Craft adversarial examples for a batch.
 
     Args:
         model: detector (``SSDDetector``-like: ``anchors``, ``box_coder``, dense outputs).
         images: ``[B, 3, H, W]`` in ``[0, 1]``.
-        targets: ground truth per image (objectives that use it).
+        targets: ground truth per image (objectives that use it; ``None`` for dfool/shrink/rap).
         spec: the attack.
+        snapshots, generators: see :func:`~advlib.attacks.engine.run_attack`.
 
     Returns:
-        ``[B, 3, H, W]`` adversarial images.
+        ``[B, 3, H, W]`` adversarial images (``{steps: images}`` with ``snapshots``).
     """
+    if spec.objective == "mda":
+        return mda_attack(model, images, targets, spec, snapshots, generators)
     objective = make_objective(spec)
     state = objective.prepare(model, images, targets)
-    return run_attack(model, images, objective, spec, state)
+    return run_attack(model, images, objective, spec, state, snapshots, generators)
+
+
+def mda_attack(model, images: Tensor, targets: list[dict], spec: AttackSpec,
+               snapshots: list[int] | None = None, generators: list | None = None):
+    """MTD's task-domain attack: an A_cls and an A_loc example with the same settings, then *per
+    image* the one with the larger multibox loss (the public RobustDet code picks per batch)."""
+    if targets is None:
+        raise ValueError("the MDA attack needs ground-truth targets")
+    x_cls = attack(model, images, targets, spec.replace(objective="cls"), snapshots, generators)
+    x_loc = attack(model, images, targets, spec.replace(objective="loc"), snapshots, generators)
+    matched = match_anchors(model.anchors, targets, model.box_coder)
+    if snapshots is not None:
+        return {k: _pick_larger_loss(model, matched, x_cls[k], x_loc[k]) for k in x_cls}
+    return _pick_larger_loss(model, matched, x_cls, x_loc)
+
+
+def _pick_larger_loss(model, matched, x_a: Tensor, x_b: Tensor) -> Tensor:
+    """Per image, the example with the larger multibox loss (MTD Algorithm 1, line 6)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            l_a = ssd_loss(multibox_terms(model(x_a), matched))
+            l_b = ssd_loss(multibox_terms(model(x_b), matched))
+    finally:
+        model.train(was_training)
+    return torch.where((l_a >= l_b).view(-1, 1, 1, 1), x_a, x_b)
 
 
 def pgd(objective: str, eps: float = 8 / 255, step_size: float = 2 / 255, steps: int = 10,
         random_start: bool = True, seed: int = 0, **params) -> AttackSpec:
-    """A PGD spec on a named objective (ε, step in ``[0, 1]`` units)."""
+    """A PGD spec on a named objective (ε and step in ``[0, 1]`` units)."""
     return AttackSpec(objective=objective, eps=eps, step_size=step_size, steps=steps,
                       random_start=random_start, seed=seed, params=tuple(sorted(params.items())))
 
@@ -52,4 +91,42 @@ def fgsm(objective: str, eps: float = 8 / 255, seed: int = 0, **params) -> Attac
                       seed=seed, params=tuple(sorted(params.items())))
 
 
-__all__ = ["AttackSpec", "OBJECTIVES", "attack", "fgsm", "make_objective", "pgd", "project", "run_attack"]
+def dag(eps: float = 8 / 255, steps: int = 150, gamma: float = 0.5 / 255, seed: int = 0) -> AttackSpec:
+    """DAG as the CWAT/RobustDet papers run it on SSD: L∞-normalised steps of γ = 0.5 (0-255 scale),
+    up to 150 steps with per-image early stop, bounded by ε."""
+    return AttackSpec(objective="dag", eps=eps, step_size=gamma, steps=steps, random_start=False,
+                      update="linf", early_stop=True, seed=seed)
+
+
+#: The papers' settings. ε and steps in ``[0, 1]`` units; "ε = 8" is 8/255.
+PRESETS: dict[str, Callable[..., AttackSpec]] = {
+    # MTD (Zhang & Wang 2019), CWAT, RobustDet: PGD-10, ε = 8, step 2 (RobustDet: ε/steps varies)
+    "A_cls": lambda steps=10, eps=8 / 255, seed=0: pgd("cls", eps, 2 / 255, steps, seed=seed),
+    "A_loc": lambda steps=10, eps=8 / 255, seed=0: pgd("loc", eps, 2 / 255, steps, seed=seed),
+    "multibox": lambda steps=10, eps=8 / 255, seed=0: pgd("multibox", eps, 2 / 255, steps, seed=seed),
+    "MDA": lambda steps=10, eps=8 / 255, seed=0: pgd("mda", eps, 2 / 255, steps, seed=seed),
+    # CWAT (Chen et al. 2021): β = 6
+    "TOA": lambda steps=10, eps=8 / 255, seed=0: pgd("toa", eps, 2 / 255, steps, seed=seed, beta_cls=6.0, beta_loc=6.0),
+    "OWA": lambda steps=10, eps=8 / 255, seed=0: pgd("owa", eps, 2 / 255, steps, seed=seed, beta=6.0),
+    "CWA": lambda steps=10, eps=8 / 255, seed=0: pgd("cwa", eps, 2 / 255, steps, seed=seed, beta=6.0),
+    "DAG": lambda steps=150, eps=8 / 255, seed=0: dag(eps, steps, seed=seed),
+    "RAP": lambda steps=10, eps=8 / 255, seed=0: AttackSpec("rap", eps, 2 / 255, steps, random_start=False,
+                                                          update="l1", seed=seed),
+    # RAD's Table 3 detection baselines: ε = 16, α = 2, 10 steps
+    "Dfool": lambda steps=10, eps=16 / 255, seed=0: AttackSpec("dfool", eps, 2 / 255, steps, random_start=False,
+                                                             update="l1", seed=seed),
+    "Loc": lambda steps=10, eps=16 / 255, seed=0: AttackSpec("shrink", eps, 2 / 255, steps, random_start=False,
+                                                           update="l1", seed=seed),
+    "RAD-PGD": lambda steps=10, eps=16 / 255, seed=0: pgd("multibox", eps, 2 / 255, steps, seed=seed),
+}
+
+
+def preset(name: str, **kwargs) -> AttackSpec:
+    """A named paper setting, e.g. ``preset("CWA")`` or ``preset("A_cls", steps=20)``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name](**kwargs)
+
+
+__all__ = ["AttackSpec", "OBJECTIVES", "PRESETS", "attack", "dag", "fgsm", "make_objective", "mda_attack",
+           "pgd", "preset", "project", "run_attack"]

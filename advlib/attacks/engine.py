@@ -153,7 +153,8 @@ def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
 
 
-def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, state=None) -> Tensor:
+def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, state=None,
+               snapshots: list[int] | None = None, generators: list[torch.Generator] | None = None):
     """Maximise ``objective`` on ``images`` under ``spec``.
 
     Args:
@@ -163,16 +164,27 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
             -> [B] bool`` (early stop) and ``update(spec, grad) -> grad`` hooks.
         spec: the attack settings.
         state: the objective's prepared state (``objective.prepare(model, images, targets)``).
+        snapshots: step counts at which to keep a copy (a k-step PGD is the first k steps of a
+            longer one, so one run gives a whole steps sweep); then a dict ``{k: x_adv}`` is returned.
+        generators: one CPU generator per image for random starts / DI, instead of the ones
+            derived from the images' bytes (e.g. many random starts of the same image).
 
     Returns:
-        Adversarial images ``[B, 3, H, W]`` with ``|x_adv - x|_∞ <= eps`` and values in ``[0, 1]``.
+        Adversarial images ``[B, 3, H, W]`` with ``|x_adv - x|_∞ <= eps`` and values in ``[0, 1]``
+        (or ``{k: images}`` with ``snapshots``).
     """
+    if snapshots is not None and (min(snapshots) < 1 or max(snapshots) > spec.steps):
+        raise ValueError(f"snapshots must lie in 1..{spec.steps}, got {snapshots}")
     if images.dim() != 4:
         raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
     was_training = model.training
     model.eval()
     x = images.detach()
-    gens = image_generators(x, spec.seed) if (spec.random_start or "di" in spec.transforms) else []
+    gens = generators if generators is not None else (
+        image_generators(x, spec.seed) if (spec.random_start or "di" in spec.transforms) else [])
+    if len(gens) not in (0, x.shape[0]):
+        raise ValueError(f"need one generator per image ({x.shape[0]}), got {len(gens)}")
+    kept: dict[int, Tensor] = {}
     try:
         with torch.no_grad():
             if spec.random_start:
@@ -185,11 +197,12 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
             kernel = None
             if "ti" in spec.transforms:
                 kernel = gaussian_kernel(spec.ti_kernel).to(x).expand(3, 1, -1, -1).contiguous()
-        for _ in range(spec.steps):
+        for step in range(1, spec.steps + 1):
             if spec.early_stop and hasattr(objective, "done"):
                 with torch.no_grad():
                     active &= ~objective.done(model, x_adv, state)
                 if not bool(active.any()):
+                    kept.update({k: x_adv.detach() for k in (snapshots or []) if k >= step})
                     break
             grad = _input_gradient(model, x_adv, objective, spec, state, gens)
             with torch.no_grad():
@@ -198,13 +211,12 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
                 if spec.momentum > 0:
                     velocity = spec.momentum * velocity + _normalise(grad, "l1")
                     grad = velocity
-                if spec.update == "sign":
-                    step = grad.sign()
-                else:
-                    step = _normalise(grad, spec.update)
-                x_adv = x_adv + spec.step_size * step * active.view(-1, 1, 1, 1)
+                direction = grad.sign() if spec.update == "sign" else _normalise(grad, spec.update)
+                x_adv = x_adv + spec.step_size * direction * active.view(-1, 1, 1, 1)
                 x_adv = project(x_adv, x, spec.eps)
-        return x_adv.detach()
+            if snapshots is not None and step in snapshots:
+                kept[step] = x_adv.detach()
+        return kept if snapshots is not None else x_adv.detach()
     finally:
         model.train(was_training)
 

@@ -1,0 +1,137 @@
+"""Benchmarks (``make bench``): training step, evaluation throughput, PGD step vs training step.
+
+Everything is measured in one run on the same batch, so the ratios are comparable; the machine,
+device and thread count are printed and written with the numbers to
+``benchmarks/results/<profile>-<device>.json``.
+
+    python benchmarks/run.py --profile default [--device auto] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from advlib.attacks import pgd  # noqa: E402
+from advlib.attacks.engine import run_attack  # noqa: E402
+from advlib.attacks import make_objective  # noqa: E402
+from advlib.data import collate  # noqa: E402
+from advlib.experiment import Experiment  # noqa: E402
+from advlib.train import StandardRecipe, TrainConfig, make_optimizer  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(fn, device, repeats: int, warmup: int = 2) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
+            "threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    exp = Experiment(profile=args.profile, device=args.device, progress=False)
+    dev = exp.device
+    bs = args.batch_size or exp.profile.batch_size
+    images, targets = collate([exp.train_set[i] for i in range(bs)])
+    images = images.to(dev)
+    targets = [{k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    model = exp.build()
+    info = machine_info(dev)
+    print("machine:", json.dumps(info))
+
+    recipe = StandardRecipe()
+    opt = make_optimizer(model, TrainConfig())
+
+    def fwd_bwd():
+        model.train()
+        loss = recipe(model, images, targets)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def train_step():
+        fwd_bwd()
+        opt.step()
+
+    spec = pgd("cls", steps=1, random_start=False)
+    objective = make_objective(spec)
+    state = objective.prepare(model, images, targets)
+
+    def pgd_step():
+        run_attack(model, images, objective, spec, state)
+
+    def match_only():
+        objective.prepare(model, images, targets)
+
+    t_fb = timeit(fwd_bwd, dev, args.repeats)
+    t_train = timeit(train_step, dev, args.repeats)
+    t_pgd = timeit(pgd_step, dev, args.repeats)
+    t_match = timeit(match_only, dev, args.repeats)
+    eval_images, eval_targets = exp.eval_data
+    n_eval = min(256, eval_images.shape[0])
+    model.eval()
+    t_eval = timeit(lambda: exp.evaluate(model, eval_images[:n_eval], eval_targets[:n_eval]), dev, max(1, args.repeats // 2), 1)
+    res = {
+        "profile": exp.profile.name, "batch_size": bs, "image_size": exp.profile.image_size,
+        "backbone": exp.profile.backbone, "machine": info,
+        "train_step_s": t_train, "train_images_per_s": bs / t_train,
+        "forward_backward_s": t_fb,
+        "pgd_step_s": t_pgd, "pgd_step_over_forward_backward": t_pgd / t_fb,
+        "anchor_matching_s": t_match,
+        "eval_images": n_eval, "eval_s_per_image": t_eval / n_eval, "eval_images_per_s": n_eval / t_eval,
+    }
+    for k, v in res.items():
+        if isinstance(v, float):
+            print(f"{k:32s} {v:.4f}")
+    out = ROOT / "benchmarks" / "results" / f"{exp.profile.name}-{dev.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print("wrote", out)
+    return res
+
+
+if __name__ == "__main__":
+    main()

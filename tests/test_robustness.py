@@ -1,0 +1,114 @@
+"""Robustness tables, transfer caching, sweeps and the MTD analyses on a tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from advlib.analysis import candidate_anchor_metrics, gradient_cosine, task_domains, task_gradients
+from advlib.attacks import pgd
+from advlib.data import VOCDataset, collate
+from advlib.robustness import AdversarialCache, Transfer, adversarial_images, robustness_table, sweep
+from conftest import make_model
+
+CLASSES = tuple(f"c{i}" for i in range(1, 13))
+
+
+@pytest.fixture(scope="module")
+def data(tiny_test):
+    return collate([tiny_test[i] for i in range(4)])
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"A": make_model(seed=1).eval(), "B": make_model(seed=2).eval()}
+
+
+def test_table_cells_carry_specs_and_transfer_sets_are_cached(models, data, tmp_path, monkeypatch):
+    images, targets = data
+    cache = AdversarialCache(tmp_path)
+    spec = pgd("cls", steps=1)
+    attacks = {"clean": None, "white": spec, "from A": Transfer("A", spec)}
+    t1 = robustness_table(models, attacks, images, targets, CLASSES, cache=cache, data_id="tiny", progress=False)
+    assert t1.frame.shape == (2, 3)
+    cell = next(c for c in t1.cells if c.model == "B" and c.attack == "from A")
+    assert cell.source == "A" and cell.spec["eps_px"] == 8 and cell.spec["objective"] == "cls" and not cell.cached
+    assert all(c.spec is None for c in t1.cells if c.attack == "clean")
+    # the cached set is a VOC dataset of PNGs, readable as an adversarial test set
+    (d,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    ds = VOCDataset(d, "test", classes=CLASSES, size=64)
+    assert len(ds) == 4 and torch.allclose(ds.annotation(0)["boxes"], targets[0]["boxes"], atol=1e-4)
+    adv0, _ = ds[0]
+    assert (adv0 - images[0]).abs().max() <= 8 / 255 + 1e-6
+    # second time: no crafting at all, same numbers
+    import advlib.robustness as rob
+
+    def boom(*a, **k):
+        raise AssertionError("transfer set crafted twice")
+
+    monkeypatch.setattr(rob, "adversarial_images", boom)
+    t2 = robustness_table(models, {"from A": Transfer("A", spec)}, images, targets, CLASSES, cache=cache,
+                          data_id="tiny", progress=False)
+    assert all(c.cached for c in t2.cells)
+    assert t2.get("B", "from A") == t1.get("B", "from A")
+
+
+def test_unknown_transfer_source(models, data):
+    images, targets = data
+    with pytest.raises(ValueError, match="unknown source"):
+        robustness_table(models, {"x": Transfer("Z", pgd("cls"))}, images, targets, CLASSES, progress=False)
+
+
+def test_steps_sweep_snapshots_equal_separate_runs(models, data):
+    images, targets = data
+    m = models["A"]
+    spec = pgd("loc", steps=3, step_size=2 / 255)
+    snaps = adversarial_images(m, images, targets, spec, progress=False, snapshots=[1, 3])
+    one = adversarial_images(m, images, targets, spec.replace(steps=1), progress=False)
+    assert torch.allclose(snaps[1], one, atol=1e-6)
+    df = sweep(m, spec, images, targets, 12, steps=[0, 1, 3], progress=False)
+    assert df["steps"].tolist() == [0, 1, 3] and df["spec"].iloc[2]["steps"] == 3
+    with pytest.raises(ValueError, match="exactly one"):
+        sweep(m, spec, images, targets, 12)
+
+
+def test_candidate_metrics_by_construction(data):
+    images, targets = data
+    m = make_model(seed=3).eval()
+    # force every anchor to predict class 1 with zero offsets: accuracy = share of class-1 candidates,
+    # IoU = prior IoU with the ground truth
+    with torch.no_grad():
+        for layer in m.head.classification_head.module_list:
+            layer.weight.zero_(); layer.bias.zero_()
+            layer.bias.view(-1, 13)[:, 1] = 10.0
+        for layer in m.head.regression_head.module_list:
+            layer.weight.zero_(); layer.bias.zero_()
+    res = candidate_anchor_metrics(m, images, targets)
+    from advlib.losses import batched_box_iou, pad_targets
+
+    gb, gl = pad_targets(targets)
+    iou = batched_box_iou(gb, m.anchors)
+    iou = torch.where(gl[..., None] > 0, iou, torch.full_like(iou, -1.0))
+    best, obj = iou.max(1)
+    cand = best > 0.5
+    assert res["candidates"] == int(cand.sum())
+    assert res["accuracy"] == pytest.approx(float((gl.gather(1, obj)[cand] == 1).float().mean()))
+    assert res["mean_iou"] == pytest.approx(float(best[cand].mean()), rel=1e-4)
+
+
+def test_task_gradients_and_cosine(models, data):
+    images, targets = data
+    g_cls, g_loc = task_gradients(models["A"], images[:2], targets[:2])
+    assert g_cls.shape == images[:2].shape and g_cls.abs().sum() > 0 and g_loc.abs().sum() > 0
+    cos = gradient_cosine(g_cls, g_loc)
+    assert cos.shape == (2,) and (cos.abs() <= 1 + 1e-6).all()
+    assert gradient_cosine(g_cls, 3 * g_cls).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
+def test_task_domains_embedding(models, data):
+    images, targets = data
+    td = task_domains(models["A"], images[0], targets[0], pgd("cls", steps=2), n=8, k=3)
+    assert td.embedding.shape == (16, 2) and td.perturbations.shape[0] == 16
+    assert 0.0 <= td.knn_accuracy <= 1.0
+    assert np.abs(td.perturbations).max() <= 8 / 255 + 1e-6

@@ -1,0 +1,93 @@
+"""The training loop: learning, bit-identical determinism, resume after a kill, schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from advlib.train import StandardRecipe, TrainConfig, augment_batch, lr_factor, train
+from conftest import make_model
+
+CFG = TrainConfig(epochs=2, batch_size=8, optimizer="adamw", lr=3e-3, weight_decay=0.05, seed=3)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _equal(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_gives_bit_identical_weights(tiny_train):
+    runs = []
+    for _ in range(2):
+        m = make_model(seed=0)
+        train(m, tiny_train, StandardRecipe(), CFG, progress=False)
+        runs.append(_state(m))
+    assert _equal(*runs)
+    m = make_model(seed=0)
+    train(m, tiny_train, StandardRecipe(), TrainConfig(**{**CFG.__dict__, "seed": 4}), progress=False)
+    assert not _equal(runs[0], _state(m))
+
+
+def test_killed_and_resumed_training_ends_with_the_same_weights(tiny_train, tmp_path):
+    ref = make_model(seed=0)
+    hist_ref = train(ref, tiny_train, StandardRecipe(), CFG, checkpoint_dir=tmp_path / "a", progress=False)
+    m = make_model(seed=0)
+    train(m, tiny_train, StandardRecipe(), CFG, checkpoint_dir=tmp_path / "b", progress=False, stop_after_epochs=1)
+    assert (tmp_path / "b" / "last.pt").exists()
+    m2 = make_model(seed=0)  # a new process would start from a fresh model
+    hist = train(m2, tiny_train, StandardRecipe(), CFG, checkpoint_dir=tmp_path / "b", progress=False)
+    assert _equal(_state(ref), _state(m2))
+    assert [h["epoch"] for h in hist] == [1, 2] and hist[1]["loss"] == hist_ref[1]["loss"]
+
+
+def test_corrupt_checkpoint_is_ignored_with_a_warning(tiny_train, tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    m = make_model(seed=0)
+    with pytest.warns(UserWarning, match="ignoring checkpoint"):
+        train(m, tiny_train, StandardRecipe(), TrainConfig(**{**CFG.__dict__, "epochs": 1}),
+              checkpoint_dir=tmp_path, progress=False)
+
+
+def test_training_lowers_the_loss(tiny_train):
+    m = make_model(seed=0)
+    hist = train(m, tiny_train, StandardRecipe(), TrainConfig(**{**CFG.__dict__, "epochs": 4, "augment": False}),
+                 progress=False)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert not m.training
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(epochs=1, warmup_frac=0.1, schedule="cosine")
+    # warm-up: step 0 of 100 -> 1/10; end of warm-up -> 1; half-way through the cosine -> 0.5
+    assert lr_factor(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_factor(10, 100, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, 100, cfg) == pytest.approx(0.5)
+    step = TrainConfig(epochs=1, warmup_frac=0.0, schedule="step", milestones=(0.5, 0.75), gamma=0.1)
+    assert [lr_factor(s, 100, step) for s in (0, 49, 50, 75, 99)] == pytest.approx([1, 1, 0.1, 0.01, 0.01])
+
+
+def test_bad_config_raises():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="adam")
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+
+
+def test_augmentation_keeps_boxes_on_the_objects():
+    # a white square on black: after any augmentation, the box still covers the bright pixels
+    img = torch.zeros(1, 3, 64, 64)
+    img[:, :, 20:40, 10:30] = 1.0
+    target = [{"boxes": torch.tensor([[10., 20, 30, 40]]), "labels": torch.tensor([1])}]
+    for s in range(20):
+        out, t = augment_batch(img, target, torch.Generator().manual_seed(s))
+        assert out.shape == img.shape and out.min() >= 0 and out.max() <= 1
+        if len(t[0]["boxes"]):
+            x1, y1, x2, y2 = t[0]["boxes"][0].round().long().tolist()
+            inside = out[0, 0, y1 + 2:y2 - 2, x1 + 2:x2 - 2]
+            if inside.numel():
+                bright = out[0, 0] > out[0, 0].mean()
+                # most of the box interior is bright, most of the image outside is not
+                assert bright[y1 + 2:y2 - 2, x1 + 2:x2 - 2].float().mean() > 0.9
