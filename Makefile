@@ -14,7 +14,7 @@ export IPYTHONDIR := $(CURDIR)/.jupyter_runtime/ipython
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: env test unit nbval reproduce lab bench data clean-cache notebooks
+.PHONY: env test unit nbval reproduce lab bench data clean-cache notebooks attacks
 
 env: $(STAMP)
 
@@ -49,6 +49,9 @@ reproduce: env
 
 notebooks: env
 	$(PY) tools/make_notebooks.py
+
+attacks: env
+	$(PY) -m advlib.cli attack-suite --profile $(PROFILE)
 
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/

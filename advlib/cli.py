@@ -40,6 +40,45 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_attack_suite(args) -> int:
+    """Every attack of the suite on the STD model (white-box), with the issue's bars checked."""
+    from advlib.attacks import preset
+    from advlib.results import check, save_json
+    from advlib.robustness import robustness_table
+
+    from advlib.experiment import Experiment
+
+    exp = Experiment(profile=args.profile, seed=args.seed)
+    std = exp.model("std")
+    images, targets = exp.eval_data
+    if args.images:
+        images, targets = images[: args.images], targets[: args.images]
+    names = ["A_cls", "A_loc", "multibox", "MDA", "TOA", "OWA", "CWA", "DAG", "RAP", "Dfool", "Loc"]
+    attacks = {"clean": None, **{n: preset(n, seed=args.seed) for n in names}}
+    if exp.profile.name == "smoke":
+        attacks = {k: (v if v is None else v.replace(steps=min(v.steps, 2))) for k, v in attacks.items()}
+    t0 = time.perf_counter()
+    table = robustness_table({"STD": std}, attacks, images, targets, exp.classes, progress=True)
+    seconds = time.perf_counter() - t0
+    row = {c.attack: c.map for c in table.cells}
+    clean = row["clean"]
+    claims = [check(f"{n} (PGD-10, eps 8/255) leaves <= 15% of clean mAP", row[n] <= 0.15 * clean,
+                    source="attack-suite issue bar", clean=clean, attacked=row[n], ratio=row[n] / clean)
+              for n in ("A_cls", "A_loc", "MDA", "CWA")]
+    claims.append(check("CWA <= OWA <= MDA in mAP (CWAT Table 3 ordering)",
+                        row["CWA"] <= row["OWA"] <= row["MDA"], source="CWAT Table 3",
+                        CWA=row["CWA"], OWA=row["OWA"], MDA=row["MDA"]))
+    for c in table.cells:
+        print(f"{c.attack:10s} mAP {c.map:.4f}  ({c.map / clean:6.1%} of clean)  {c.seconds:6.1f} s")
+    for c in claims:
+        print(f"[{c.verdict}] {c.claim}: {c.numbers}")
+    path = save_json({"profile": exp.profile.to_dict(), "model": exp.last_meta["key"], "num_images": len(targets),
+                      "table": table.to_dict(), "claims": [c.to_dict() for c in claims], "seconds": seconds},
+                     "attack_suite.json", exp.profile.name)
+    print("wrote", path)
+    return 0
+
+
 def _cmd_reproduce(args) -> int:
     import papermill as pm
 
@@ -83,11 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--profile", default="default")
         p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("attack-suite", help="every attack on the STD model, with the attack-suite bars")
+    p.add_argument("--profile", default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=0, help="use only the first N evaluation images")
     p = sub.add_parser("reproduce", help="execute notebooks with papermill")
     p.add_argument("--profile", default="default")
     p.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
-    return {"data": _cmd_data, "train": _cmd_train, "reproduce": _cmd_reproduce}[args.cmd](args)
+    commands = {"data": _cmd_data, "train": _cmd_train, "attack-suite": _cmd_attack_suite, "reproduce": _cmd_reproduce}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from advlib.evaluate import VOCResult
 from advlib.models import SSDDetector, build_ssd
 from advlib.profiles import RunParams, default_data_root, validate_params
 from advlib.robustness import detect_all, mean_ap
-from advlib.train import Recipe, StandardRecipe, TrainConfig, train
+from advlib.recipes import make_recipe
+from advlib.train import Recipe, TrainConfig, train
 from advlib.zoo import ModelZoo
 
 log = logging.getLogger(__name__)
@@ -122,18 +123,18 @@ class Experiment:
                 "dataset": self.train_set.identity()}
 
     def model(self, recipe: Recipe | str = "std", backbone: str | None = None, seed: int | None = None,
-              parent: Recipe | None = None, cfg: TrainConfig | None = None) -> SSDDetector:
+              parent: Recipe | str | None = None, cfg: TrainConfig | None = None) -> SSDDetector:
         """A trained detector from the zoo (trained and cached if missing).
 
         Args:
-            recipe: a :class:`~advlib.train.Recipe` or ``"std"``.
+            recipe: a :class:`~advlib.train.Recipe` or a name (``std``, ``cls``, ``loc``, ``con``, ``mtd``).
             backbone: backbone name (default: the profile's).
             seed: training seed (default: the experiment's).
-            parent: fine-tune from the model this recipe trains (same backbone and seed);
+            parent: fine-tune from the model this recipe (or name) trains, same backbone and seed;
                 ``None`` trains from scratch.
             cfg: schedule (default: the profile's STD schedule, or its fine-tuning schedule).
         """
-        recipe = StandardRecipe() if recipe == "std" else recipe
+        recipe = make_recipe(recipe) if isinstance(recipe, str) else recipe
         backbone = backbone or self.profile.backbone
         seed = self.seed if seed is None else seed
         parent_model, parent_key = None, None

@@ -83,7 +83,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "default": Profile(
         name="default", data_format="synthetic", train_split="trainval", test_split="test",
-        image_size=128, backbone="tiny_vgg", second_backbone="tiny_resnet", epochs=14, batch_size=32,
+        image_size=128, backbone="tiny_vgg", second_backbone="tiny_resnet", epochs=12, batch_size=32,
         optimizer="adamw", lr=3e-3, weight_decay=0.05, finetune_epochs=3, finetune_lr=1e-3,
         n_trainval=3000, n_test=500, eval_images=500, attack_steps=10,
     ),

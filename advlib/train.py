@@ -157,8 +157,8 @@ def augment_batch(images: Tensor, targets: list[dict], gen: torch.Generator) -> 
     b, _, h, w = images.shape
     dev = images.device
     r = torch.rand(b, 9, generator=gen)  # every draw for the batch at once
-    scale = torch.where(r[:, 0] < 0.5, 0.6 + 0.8 * r[:, 1], torch.ones(b))  # crop side / image side
-    aspect = 0.85 + 0.3 * r[:, 2]
+    scale = torch.where(r[:, 0] < 0.5, 0.75 + 0.5 * r[:, 1], torch.ones(b))  # crop side / image side
+    aspect = 0.9 + 0.2 * r[:, 2]
     cw, ch = scale * w * aspect.sqrt(), scale * h / aspect.sqrt()
     x0 = torch.minimum(torch.zeros(b), w - cw) + r[:, 3] * (w - cw).abs()
     y0 = torch.minimum(torch.zeros(b), h - ch) + r[:, 4] * (h - ch).abs()

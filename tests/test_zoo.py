@@ -47,3 +47,18 @@ def test_corrupt_file_is_detected_and_retrained(tmp_path):
     with pytest.warns(CorruptCacheWarning, match="corrupt"):
         zoo.get(spec, lambda: make_model(0), lambda m, d: calls.append(1))
     assert len(calls) == 2
+
+
+def test_dataset_identity_is_part_of_the_model_key(tiny_voc, tmp_path):
+    from advlib.experiment import Experiment
+    from advlib.train import StandardRecipe, TrainConfig
+
+    def key(**kw):
+        exp = Experiment(profile="smoke", data_root=tiny_voc, device="cpu", zoo_root=tmp_path, progress=False, **kw)
+        return spec_key(exp.model_spec(StandardRecipe(), TrainConfig(epochs=1), "tiny_vgg", 0, None))
+
+    base = key()
+    assert base == key()  # stable
+    names = ("circle", "square", "triangle", "star", "plus", "ring", "diamond", "hexagon", "crescent",
+             "arrow", "heart", "frame")
+    assert key(classes=",".join(reversed(names))) != base  # same data, other class list

@@ -37,7 +37,8 @@ SHAPE_CLASSES: tuple[str, ...] = (
 # Largest rotation (degrees, either way) that keeps each class recognisable and distinct:
 # squares/frames must not turn into diamonds, a plus must not become an x.
 _MAX_ROTATION = {"square": 15.0, "diamond": 15.0, "frame": 15.0, "plus": 20.0, "heart": 30.0}
-_FORMAT_VERSION = 1
+_DEFAULT_ROTATION = 45.0     # other shapes: within +-45 degrees of upright
+_FORMAT_VERSION = 2
 _MIN_VISIBLE = 0.25          # never hide more than 75 % of an object in total (several occluders)
 _PLACEMENT_TRIES = 60        # per object; the size shrinks every 8 failed tries
 _CONTRAST = 100.0            # wanted RGB distance between an object and the pixels it covers
@@ -57,12 +58,14 @@ class SyntheticConfig:
     image_size: int = 128
     min_objects: int = 1
     max_objects: int = 8
-    min_size: int = 12
+    min_size: int = 14
     max_size: int = 60
     class_weights_ratio: float = 5.0
-    max_occlusion: float = 0.5
+    max_occlusion: float = 0.35
     difficult_visible_fraction: float = 0.4
     jpeg_quality: int = 95
+    textured_fraction: float = 0.3
+    log_uniform_sizes: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,10 @@ def _validate(config: SyntheticConfig, seed: int) -> None:
     c = config
     for f in dataclasses.fields(c):                   # ints must be ints; floats may be ints too
         value, kinds = getattr(c, f.name), (int, np.integer)
+        if isinstance(f.default, bool):
+            if not isinstance(value, (bool, np.bool_)):
+                raise bad(f.name, value, "a bool")
+            continue
         if isinstance(f.default, float):
             kinds = (int, float, np.integer, np.floating)
         if isinstance(value, bool) or not isinstance(value, kinds):
@@ -111,6 +118,7 @@ def _validate(config: SyntheticConfig, seed: int) -> None:
         ("max_occlusion", 0.0 <= c.max_occlusion <= 1 - _MIN_VISIBLE, f"in [0, {1 - _MIN_VISIBLE}]"),
         ("difficult_visible_fraction", 0.0 <= c.difficult_visible_fraction <= 1.0, "in [0, 1]"),
         ("jpeg_quality", 1 <= c.jpeg_quality <= 100, "in [1, 100]"),
+        ("textured_fraction", 0.0 <= c.textured_fraction <= 1.0, "in [0, 1]"),
     ]
     for field, ok, expected in checks:
         if not ok:
@@ -216,12 +224,13 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.array(pil)
 
 
-def _texture(rng: np.random.Generator, h: int, w: int, base: np.ndarray, f: float) -> np.ndarray:
-    """Fill ``[h, w, 3]`` float: flat (50 %), stripes (25 %) or noisy (25 %) around ``base``."""
+def _texture(rng: np.random.Generator, h: int, w: int, base: np.ndarray, f: float,
+             textured: float = 0.3) -> np.ndarray:
+    """Fill ``[h, w, 3]`` float: flat (``1 - textured``), else stripes or noise (half each)."""
     kind = rng.random()
-    if kind < 0.5:
+    if kind >= textured:
         return np.broadcast_to(base, (h, w, 3))
-    if kind < 0.75:
+    if kind < textured / 2:
         other = np.clip(255.0 - base + rng.normal(0, 40, 3), 0, 255)
         period = rng.uniform(3.0, 8.0) * max(f, 0.5)
         a = rng.uniform(0, np.pi)
@@ -265,9 +274,10 @@ def render_sample(seed: int, index: int, config: SyntheticConfig = SyntheticConf
     visible: list[int] = []
     for label in labels:
         name = SHAPE_CLASSES[label]
-        size = math.exp(rng.uniform(math.log(lo_size), math.log(hi_size)))
+        size = (math.exp(rng.uniform(math.log(lo_size), math.log(hi_size))) if config.log_uniform_sizes
+                else rng.uniform(lo_size, hi_size))
         aspect = rng.uniform(0.8, 1.2)
-        limit = _MAX_ROTATION.get(name, 180.0)
+        limit = _MAX_ROTATION.get(name, _DEFAULT_ROTATION)
         angle = rng.uniform(-limit, limit)
         mask = _shape_mask(name, size, aspect, angle)
         for attempt in range(_PLACEMENT_TRIES):
@@ -296,7 +306,7 @@ def render_sample(seed: int, index: int, config: SyntheticConfig = SyntheticConf
         dist = np.linalg.norm(cands - under, axis=1)
         ok = np.flatnonzero(dist >= _CONTRAST)
         base = cands[ok[0] if ok.size else int(np.argmax(dist))]
-        region[mask] = np.clip(_texture(rng, mh, mw, base, f)[mask], 0, 255)
+        region[mask] = np.clip(_texture(rng, mh, mw, base, f, config.textured_fraction)[mask], 0, 255)
         owner[y0:y0 + mh, x0:x0 + mw][mask] = len(placed)
         placed.append((int(label), x0, y0, mask))
         area.append(int(mask.sum()))
