@@ -11,7 +11,6 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.jupyter_runtime
 export JUPYTER_DATA_DIR := $(CURDIR)/.jupyter_runtime/data
 export IPYTHONDIR := $(CURDIR)/.jupyter_runtime/ipython
-export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
 .PHONY: env test unit nbval reproduce lab bench data clean-cache notebooks attacks
