@@ -123,7 +123,8 @@ class Experiment:
                 "dataset": self.train_set.identity()}
 
     def model(self, recipe: Recipe | str = "std", backbone: str | None = None, seed: int | None = None,
-              parent: Recipe | str | None = None, cfg: TrainConfig | None = None) -> SSDDetector:
+              parent: Recipe | str | None = None, cfg: TrainConfig | None = None,
+              parent_cfg: TrainConfig | None = None) -> SSDDetector:
         """A trained detector from the zoo (trained and cached if missing).
 
         Args:
@@ -133,13 +134,14 @@ class Experiment:
             parent: fine-tune from the model this recipe (or name) trains, same backbone and seed;
                 ``None`` trains from scratch.
             cfg: schedule (default: the profile's STD schedule, or its fine-tuning schedule).
+            parent_cfg: the parent's schedule (default: the profile's STD schedule).
         """
         recipe = make_recipe(recipe) if isinstance(recipe, str) else recipe
         backbone = backbone or self.profile.backbone
         seed = self.seed if seed is None else seed
         parent_model, parent_key = None, None
         if parent is not None:
-            parent_model = self.model(parent, backbone, seed)
+            parent_model = self.model(parent, backbone, seed, cfg=parent_cfg)
             parent_key = self._last_key
         cfg = cfg or TrainConfig.from_profile(self.profile, seed=seed, finetune=parent is not None)
         spec = self.model_spec(recipe, cfg, backbone, seed, parent_key)

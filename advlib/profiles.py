@@ -207,3 +207,42 @@ def validate_params(
         if prof.train_split == "trainval":
             prof = dataclasses.replace(prof, train_split="train2017", test_split="val2017")
     return RunParams(prof, root, data_format, classes, resolve_device(device), seed)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Evaluation budgets of the paper notebooks (kept out of :class:`Profile` so that changing
+    them never invalidates a trained model's cache key).
+
+    Attributes:
+        table_images: test images for the robustness tables.
+        sweep_images: test images for the steps/ε sweeps.
+        dag_steps: DAG's iteration cap (150 in the papers).
+        second_backbone_epochs: STD epochs of the second architecture (MTD Table 3/5).
+        second_finetune_epochs: its MTD fine-tuning epochs.
+        seeds: seeds for the seed-variance rows.
+        tsne_starts: random starts per task domain in MTD Fig. 4.
+        sweep_steps: PGD steps of the sweeps (the papers: 20).
+    """
+
+    table_images: int
+    sweep_images: int
+    dag_steps: int
+    second_backbone_epochs: int
+    second_finetune_epochs: int
+    seeds: tuple[int, ...]
+    tsne_starts: int
+    sweep_steps: int = 20
+
+
+BUDGETS: dict[str, Budget] = {
+    "smoke": Budget(16, 8, 3, 1, 1, (0,), 8, sweep_steps=2),
+    "default": Budget(100, 50, 40, 6, 1, (0, 1, 2), 32),
+    "voc": Budget(4952, 500, 150, 120, 24, (0,), 64),
+    "coco": Budget(5000, 500, 150, 60, 12, (0,), 64),
+}
+
+
+def get_budget(profile: Profile) -> Budget:
+    """The evaluation budget of a profile (``default``'s for unknown names)."""
+    return BUDGETS.get(profile.name, BUDGETS["default"])

@@ -32,11 +32,14 @@ def output_dir(kind: str, profile: str) -> Path:
 
 def to_jsonable(obj: Any) -> Any:
     """Numbers, arrays, tensors, dataclasses, DataFrames -> JSON types (NaN/inf -> None)."""
+    if hasattr(obj, "columns") and hasattr(obj, "index"):  # DataFrame: keep a meaningful index
+        import pandas as pd
+
+        if isinstance(obj.index, pd.RangeIndex):
+            return to_jsonable(obj.to_dict(orient="records"))
+        return {str(k): to_jsonable(v) for k, v in obj.to_dict(orient="index").items()}
     if hasattr(obj, "to_dict") and not isinstance(obj, dict):
-        try:
-            return to_jsonable(obj.to_dict(orient="records")) if hasattr(obj, "columns") else to_jsonable(obj.to_dict())
-        except TypeError:
-            return to_jsonable(obj.to_dict())
+        return to_jsonable(obj.to_dict())
     if hasattr(obj, "__dataclass_fields__"):
         return to_jsonable(asdict(obj))
     if isinstance(obj, dict):
