@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -84,6 +85,8 @@ def _cmd_reproduce(args) -> int:
 
     from advlib.results import output_dir
 
+    # progress bars in executed notebooks: a line every 30 s, not every step (tqdm reads TQDM_*)
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
     out_dir = PROJECT_ROOT / "notebooks" / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)
     timings_path = output_dir("results", args.profile) / "timings.json"

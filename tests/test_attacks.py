@@ -217,3 +217,19 @@ def test_batched_sign_attack_matches_per_image_loss(model, batch, name):
     state = obj.prepare(model, x, targets)
     with torch.no_grad():
         assert torch.allclose(obj.loss(model, together, state), obj.loss(model, alone, state), rtol=0.02)
+
+
+def test_anchor_matching_happens_once_per_attack(model, batch, monkeypatch):
+    import advlib.attacks.objectives as objectives
+
+    calls = []
+    real = objectives.match_anchors
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(objectives, "match_anchors", counting)
+    x, targets = batch
+    attack(model, x, targets, pgd("cwa", steps=5, beta=6.0))
+    assert len(calls) == 1

@@ -33,7 +33,20 @@ def _vgg_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(_conv_bn(cin, cout, stride=2), _conv_bn(cout, cout))
 
 
-class TinyVGG(nn.Module):
+class _BodyThenExtras(nn.Module):
+    """A body producing the finest map, then ``extras`` each halving the previous map."""
+
+    body: nn.Module
+    extras: nn.ModuleList
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = [self.body(x)]
+        for block in self.extras:
+            feats.append(block(feats[-1]))
+        return feats
+
+
+class TinyVGG(_BodyThenExtras):
     """VGG-style BN backbone for small inputs (plain 3x3 conv-BN-ReLU, strided convs for pooling).
 
     32-64-128 channels down to stride 8 (first map), then ``extra_channels`` at strides 16, 32, 64.
@@ -55,12 +68,6 @@ class TinyVGG(nn.Module):
         self.extras = nn.ModuleList(block(chans[i], chans[i + 1]) for i in range(num_extra))
         self.out_channels = chans
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        feats = [self.body(x)]
-        for block in self.extras:
-            feats.append(block(feats[-1]))
-        return feats
-
 
 class _Residual(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
@@ -77,7 +84,7 @@ class _Residual(nn.Module):
         return torch.relu(self.conv2(self.conv1(x)) + self.skip(x))
 
 
-class TinyResNet(nn.Module):
+class TinyResNet(_BodyThenExtras):
     """ResNet-style BN backbone for small inputs (the second architecture of MTD's Table 3).
 
     A stem, residual stages to stride 8 (first map), then residual extras at strides 16, 32, 64.
@@ -93,12 +100,6 @@ class TinyResNet(nn.Module):
         chans = [4 * w] + [extra_channels] * num_extra
         self.extras = nn.ModuleList(_Residual(chans[i], chans[i + 1], 2) for i in range(num_extra))
         self.out_channels = chans
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        feats = [self.body(x)]
-        for block in self.extras:
-            feats.append(block(feats[-1]))
-        return feats
 
 
 class VGG16SSD(nn.Module):
