@@ -10,8 +10,7 @@ import torch
 from torch import Tensor
 
 from advlib.attacks import AttackSpec, attack
-from advlib.attacks.objectives import TaskObjective
-from advlib.losses import batched_box_iou, pad_targets
+from advlib.losses import batched_box_iou, cls_loss, loc_loss, match_anchors, multibox_terms, pad_targets
 
 
 @torch.no_grad()
@@ -60,14 +59,14 @@ def task_gradients(model, images: Tensor, targets: list[dict]) -> tuple[Tensor, 
     was = model.training
     model.eval()
     try:
-        grads = []
-        for name in ("cls", "loc"):
-            obj = TaskObjective(name)
-            state = obj.prepare(model, images, targets)
-            x = images.detach().clone().requires_grad_(True)
-            with torch.enable_grad():
-                (g,) = torch.autograd.grad(obj.loss(model, x, state).sum(), x)
-            grads.append(g.detach())
+        # one matching and one forward pass; each task loss is differentiated from the same graph
+        matched = match_anchors(model.anchors, targets, model.box_coder)
+        x = images.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            terms = multibox_terms(model(x), matched)
+            (g_cls,) = torch.autograd.grad(cls_loss(terms).sum(), x, retain_graph=True)
+            (g_loc,) = torch.autograd.grad(loc_loss(terms).sum(), x)
+        grads = [g_cls.detach(), g_loc.detach()]
     finally:
         model.train(was)
     return grads[0], grads[1]

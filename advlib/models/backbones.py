@@ -28,10 +28,6 @@ def _extra_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(_conv_bn(cin, mid, kernel=1), _conv_bn(mid, cout, stride=2))
 
 
-def _vgg_block(cin: int, cout: int) -> nn.Sequential:
-    """A stride-2 3x3 conv then a 3x3 conv: cheap capacity on the small maps."""
-    return nn.Sequential(_conv_bn(cin, cout, stride=2), _conv_bn(cout, cout))
-
 
 class _BodyThenExtras(nn.Module):
     """A body producing the finest map, then ``extras`` each halving the previous map."""
@@ -55,7 +51,7 @@ class TinyVGG(_BodyThenExtras):
     tens of images per second.
     """
 
-    def __init__(self, width: int = 32, extra_channels: int = 192, num_extra: int = 3, heavy_extras: bool = False) -> None:
+    def __init__(self, width: int = 32, extra_channels: int = 192, num_extra: int = 3) -> None:
         super().__init__()
         w = width
         self.body = nn.Sequential(
@@ -64,8 +60,7 @@ class TinyVGG(_BodyThenExtras):
             _conv_bn(2 * w, 4 * w, stride=2), _conv_bn(4 * w, 4 * w), _conv_bn(4 * w, 4 * w),
         )
         chans = [4 * w] + [extra_channels] * num_extra
-        block = _vgg_block if heavy_extras else _extra_block
-        self.extras = nn.ModuleList(block(chans[i], chans[i + 1]) for i in range(num_extra))
+        self.extras = nn.ModuleList(_extra_block(chans[i], chans[i + 1]) for i in range(num_extra))
         self.out_channels = chans
 
 
@@ -147,8 +142,7 @@ class ResNet50SSD(nn.Module):
 
 
 BACKBONES: dict[str, Callable[[bool], nn.Module]] = {
-    "tiny_vgg": lambda pretrained: TinyVGG(heavy_extras=False),
-    "tiny_vgg_heavy": lambda pretrained: TinyVGG(heavy_extras=True),
+    "tiny_vgg": lambda pretrained: TinyVGG(),
     "tiny_resnet": lambda pretrained: TinyResNet(),
     "vgg16": lambda pretrained: VGG16SSD(batch_norm=False, pretrained=pretrained),
     "vgg16_bn": lambda pretrained: VGG16SSD(batch_norm=True, pretrained=pretrained),
