@@ -8,6 +8,7 @@ and mAP. Nothing here is specific to one paper.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from functools import cached_property
@@ -163,6 +164,16 @@ class Experiment:
         self._last_key = meta["key"]
         self.last_meta = meta
         return model.to(self.device).eval()
+
+    def finetune_config(self, epochs: int | None = None, seed: int | None = None) -> TrainConfig:
+        """The profile's fine-tuning schedule (for recipes started from STD), with ``epochs``
+        overriding ``profile.finetune_epochs`` (e.g. a notebook budget's ``recipe_epochs``)."""
+        cfg = TrainConfig.from_profile(self.profile, seed=self.seed if seed is None else seed, finetune=True)
+        if epochs is not None:
+            if epochs < 1:
+                raise ValueError(f"epochs must be >= 1, got {epochs}")
+            cfg = dataclasses.replace(cfg, epochs=int(epochs))
+        return cfg
 
     # ------------------------------------------------------------ evaluation
     def detect(self, model: SSDDetector, images: Tensor, batch_size: int = 64) -> list[dict]:

@@ -223,6 +223,8 @@ class Budget:
         seeds: seeds for the seed-variance rows.
         tsne_starts: random starts per task domain in MTD Fig. 4.
         sweep_steps: PGD steps of the sweeps (the papers: 20).
+        recipe_epochs: fine-tuning epochs of the adversarial recipes (``None``: the profile's
+            ``finetune_epochs``).
     """
 
     table_images: int
@@ -233,11 +235,23 @@ class Budget:
     seeds: tuple[int, ...]
     tsne_starts: int
     sweep_steps: int = 20
+    recipe_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("table_images", "sweep_images", "dag_steps", "tsne_starts", "sweep_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Budget.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.seeds:
+            raise ValueError("Budget.seeds must name at least one seed")
+        if self.recipe_epochs is not None and self.recipe_epochs < 1:
+            raise ValueError(f"Budget.recipe_epochs must be >= 1 or None, got {self.recipe_epochs}")
 
 
 BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(16, 8, 3, 1, 1, (0,), 8, sweep_steps=2),
-    "default": Budget(100, 50, 40, 6, 1, (0,), 32),  # seeds (0, 1, 2) need ~35 more CPU minutes
+    "smoke": Budget(16, 8, 3, 1, 1, (0, 1), 8, sweep_steps=2),
+    # 2 CPU cores, <= 30 min from a cache of STD models: subsets for tables and sweeps, DAG capped
+    # at 40 steps, robust recipes fine-tuned 2 epochs from STD
+    "default": Budget(80, 40, 40, 6, 1, (0, 1, 2), 32, recipe_epochs=2),
     "voc": Budget(4952, 500, 150, 120, 24, (0,), 64),
     "coco": Budget(5000, 500, 150, 60, 12, (0,), 64),
 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from advlib.attacks import AttackSpec, attack
+from advlib.attacks import AttackSpec, attack, mda_attack
 from advlib.attacks.engine import run_attack
 from advlib.attacks.objectives import TaskObjective, TaskState
 from advlib.losses import match_anchors, multibox_terms, ssd_loss
@@ -40,6 +40,8 @@ class AdversarialRecipe:
         spec = self.attack_spec
         if spec.objective in TaskObjective.NAMES:  # reuse this batch's matching for the attack
             adv = run_attack(model, images, TaskObjective(spec.objective, **spec.kwargs), spec, TaskState(matched))
+        elif spec.objective == "mda":
+            adv = mda_attack(model, images, targets, spec, matched=matched)
         else:
             adv = attack(model, images, targets, spec)
         model.train()

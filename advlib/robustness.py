@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from advlib.attacks import AttackSpec, attack
 from advlib.evaluate import evaluate_voc
 from advlib.profiles import PROJECT_ROOT
+from advlib.zoo import ResultCache, data_fingerprint
 
 
 def _to(device, targets: list[dict]) -> list[dict]:
@@ -175,7 +177,9 @@ class Cell:
     map_allpoint: float
     spec: dict | None
     seconds: float
-    cached: bool = False
+    cached: bool = False  # transfer cell: the adversarial set came from the on-disk cache
+    result_cached: bool = False  # the number itself came from the result cache (no attack run)
+    ap: list | None = None  # per-class AP (VOC07 rule unless the table says otherwise)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -186,6 +190,7 @@ class RobustnessTable:
     """Models × attacks → mAP; ``cells`` keep the spec, source model and time of every number."""
 
     cells: list[Cell] = field(default_factory=list)
+    classes: tuple = ()
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -195,6 +200,13 @@ class RobustnessTable:
         order_m = list(dict.fromkeys(df["model"]))
         order_a = list(dict.fromkeys(df["attack"]))
         return df.pivot(index="model", columns="attack", values="map").loc[order_m, order_a]
+
+    def per_class(self, attack_name: str) -> pd.DataFrame:
+        """Per-class AP of every model under one column (classes × models)."""
+        cols = {c.model: c.ap for c in self.cells if c.attack == attack_name}
+        if not cols:
+            raise KeyError(f"no column {attack_name!r}; have {sorted({c.attack for c in self.cells})}")
+        return pd.DataFrame(cols, index=list(self.classes) or None)
 
     def get(self, model: str, attack_name: str) -> float:
         for c in self.cells:
@@ -206,10 +218,19 @@ class RobustnessTable:
         return {"map": self.frame.to_dict(), "cells": [c.to_dict() for c in self.cells]}
 
 
+def _result_cache(result_cache) -> ResultCache:
+    if result_cache is None or result_cache is True:
+        return ResultCache()
+    if result_cache is False:
+        return ResultCache(enabled=False)
+    return result_cache
+
+
 def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str, AttackSpec | Transfer | None],
                      images: Tensor, targets: list[dict], classes, sources: Mapping[str, torch.nn.Module] | None = None,
                      cache: AdversarialCache | None = None, data_id: str = "", batch_size: int = 32,
-                     progress: bool = True, use_07_metric: bool = True) -> RobustnessTable:
+                     progress: bool = True, use_07_metric: bool = True,
+                     result_cache: ResultCache | bool | None = None) -> RobustnessTable:
     """Evaluate every model under every attack.
 
     Args:
@@ -223,64 +244,91 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
         cache: where transfer sets are cached (default ``data/cache/adv``).
         data_id: identity of the clean set (part of the transfer cache key).
         batch_size, progress, use_07_metric: evaluation settings.
+        result_cache: cache of the cells' numbers (default ``data/cache/results``; ``False``
+            recomputes everything). A cell found there runs no attack.
 
     Returns:
         A :class:`RobustnessTable`.
     """
     cache = cache or AdversarialCache()
+    results = _result_cache(result_cache)
     pool = {**(sources or {}), **models}
-    table = RobustnessTable()
-    crafted: dict[str, tuple[Tensor, bool]] = {}
     for col, atk in attacks.items():
-        if isinstance(atk, Transfer):
-            if atk.source not in pool:
-                raise ValueError(f"transfer column {col!r}: unknown source model {atk.source!r}; have {sorted(pool)}")
+        if isinstance(atk, Transfer) and atk.source not in pool:
+            raise ValueError(f"transfer column {col!r}: unknown source model {atk.source!r}; have {sorted(pool)}")
+    table = RobustnessTable(classes=tuple(classes))
+    data_fp = data_fingerprint(images, targets)
+    fingerprints = {name: model_fingerprint(m) for name, m in pool.items()}
+    crafted: dict[str, tuple[Tensor, bool]] = {}
+
+    def transfer_set(col: str, atk: Transfer) -> tuple[Tensor, bool]:
+        if col not in crafted:  # crafted once per table, and once ever thanks to the disk cache
             src = pool[atk.source]
             key = cache.key(src, atk.spec, data_id)
-            t0 = time.perf_counter()
             adv = cache.load(key)
             hit = adv is not None
             if not hit:
                 adv = adversarial_images(src, images, targets, atk.spec, batch_size, progress=progress)
                 adv = cache.save(key, adv, targets, classes, atk.spec, {"source": atk.source, "data": data_id})
-            crafted[col] = (adv, hit, time.perf_counter() - t0)
+            crafted[col] = (adv, hit)
+        return crafted[col]
+
     for row, model in models.items():
         for col, atk in attacks.items():
             t0 = time.perf_counter()
-            cached = False
-            if atk is None:
-                adv, spec, source = images, None, row
-            elif isinstance(atk, Transfer):
-                adv, cached, _ = crafted[col]
-                spec, source = atk.spec, atk.source
-            else:
-                adv = adversarial_images(model, images, targets, atk, batch_size, progress=progress)
-                spec, source = atk, row
-            dets = detect_all(model, adv)
-            r = evaluate_voc(dets, targets, len(classes), use_07_metric=use_07_metric, class_names=classes)
-            r_all = evaluate_voc(dets, targets, len(classes), use_07_metric=False, class_names=classes)
-            table.cells.append(Cell(row, col, source, r.map, r_all.map, None if spec is None else spec.to_dict(),
-                                    time.perf_counter() - t0, cached))
+            transfer = isinstance(atk, Transfer)
+            spec = atk.spec if transfer else atk
+            source = atk.source if transfer else row
+            key = results.key(kind="robustness_cell", model=fingerprints[row],
+                              source=fingerprints[source] if transfer else None,
+                              spec=None if spec is None else spec.to_dict(), data=data_fp, use_07=use_07_metric)
+            value = results.get(key)
+            hit_result, set_cached = value is not None, False
+            if value is None:
+                if atk is None:
+                    adv = images
+                elif transfer:
+                    adv, set_cached = transfer_set(col, atk)
+                else:
+                    adv = adversarial_images(model, images, targets, atk, batch_size, progress=progress)
+                dets = detect_all(model, adv)
+                r = evaluate_voc(dets, targets, len(classes), use_07_metric=use_07_metric, class_names=classes)
+                r_all = evaluate_voc(dets, targets, len(classes), use_07_metric=False, class_names=classes)
+                value = {"map": float(r.map), "map_allpoint": float(r_all.map), "ap": [float(a) for a in r.ap]}
+                results.put(key, value, {"model": row, "attack": col})
+            table.cells.append(Cell(row, col, source, value["map"], value["map_allpoint"],
+                                    None if spec is None else spec.to_dict(), time.perf_counter() - t0,
+                                    set_cached, hit_result, value["ap"]))
     return table
 
 
 def sweep(model, spec: AttackSpec, images: Tensor, targets: list[dict], num_classes: int,
           eps: list[float] | None = None, steps: list[int] | None = None, batch_size: int = 32,
-          progress: bool = True) -> pd.DataFrame:
+          progress: bool = True, result_cache: ResultCache | bool | None = None) -> pd.DataFrame:
     """mAP as the budget or the number of steps varies (MTD Fig. 5/6, CWAT Fig. 3/6).
 
     A steps sweep runs one attack with ``max(steps)`` steps and keeps snapshots (a k-step PGD is
     the prefix of a longer one); an ε sweep runs one attack per value (step size unchanged).
+
+    The rows are kept in the result cache (``result_cache``, as in :func:`robustness_table`).
 
     Returns:
         DataFrame with columns ``eps`` (0-1 units), ``eps_px``, ``steps``, ``map``, ``spec``.
     """
     if (eps is None) == (steps is None):
         raise ValueError("give exactly one of eps=[...] or steps=[...]")
+    if steps is not None and any(s < 0 for s in steps):
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    rows = _result_cache(result_cache).cached(
+        lambda: _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_size, progress),
+        kind="sweep", model=model_fingerprint(model), spec=spec.to_dict(), data=data_fingerprint(images, targets),
+        eps=eps, steps=steps)
+    return pd.DataFrame(rows)
+
+
+def _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_size, progress) -> list[dict]:
     rows = []
     if steps is not None:
-        if any(s < 0 for s in steps):
-            raise ValueError(f"steps must be >= 0, got {steps}")
         positive = sorted({s for s in steps if s > 0})
         long = spec.replace(steps=max(positive)) if positive else spec
         snaps = adversarial_images(model, images, targets, long, batch_size, progress=progress,
@@ -299,6 +347,38 @@ def sweep(model, spec: AttackSpec, images: Tensor, targets: list[dict], num_clas
                 adv = adversarial_images(model, images, targets, sp, batch_size, progress=progress)
             rows.append({"eps": e, "eps_px": e * 255, "steps": spec.steps,
                          "map": mean_ap(model, adv, targets, num_classes).map, "spec": sp.to_dict()})
+    return rows
+
+
+def sweep_curves(models: Mapping[str, torch.nn.Module], specs: Mapping[str, AttackSpec], images: Tensor,
+                 targets: list[dict], num_classes: int, steps: list[int], eps: list[float], batch_size: int = 32,
+                 progress: bool = True, result_cache: ResultCache | bool | None = None) -> pd.DataFrame:
+    """Steps and ε curves for every model × attack (MTD Figs. 5-6, CWAT Figs. 3/6).
+
+    Each ``specs`` entry is the full-length attack (``spec.steps`` = the steps curve's end and the
+    ε curve's number of steps). The ε curve's point at ``spec.eps`` is the steps curve's last
+    point (the same attack), so it is not run twice.
+
+    Returns:
+        Rows with ``model``, ``attack``, ``kind`` (``steps`` | ``eps``), ``eps``, ``eps_px``,
+        ``steps``, ``map``, ``spec``.
+    """
+    if max(steps) != max(s.steps for s in specs.values()) or len({s.steps for s in specs.values()}) != 1:
+        raise ValueError(f"every spec must have steps = max(steps) = {max(steps)}")
+    rows = []
+    bar = tqdm(total=len(models) * len(specs), desc="sweeps", disable=not progress, leave=False)
+    for mname, model in models.items():
+        for aname, spec in specs.items():
+            kw = dict(batch_size=batch_size, progress=False, result_cache=result_cache)
+            s = sweep(model, spec, images, targets, num_classes, steps=steps, **kw)
+            others = [e for e in eps if not math.isclose(e, spec.eps)]
+            e = sweep(model, spec, images, targets, num_classes, eps=others, **kw) if others else pd.DataFrame()
+            if len(others) < len(eps):
+                e = pd.concat([e, s[s["steps"] == spec.steps]]).sort_values("eps")
+            rows += [dict(r, model=mname, attack=aname, kind="steps") for r in s.to_dict("records")]
+            rows += [dict(r, model=mname, attack=aname, kind="eps") for r in e.to_dict("records")]
+            bar.update()
+    bar.close()
     return pd.DataFrame(rows)
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from advlib.profiles import PROJECT_ROOT
+from advlib.results import to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +129,79 @@ class ModelZoo:
         self.save(spec, model, extra)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         return model.eval(), json.loads((self.dir(key) / "meta.json").read_text())
+
+
+# ------------------------------------------------------------------ evaluation results
+#: Bump when a change to attacks/evaluation would change a cached number.
+RESULTS_VERSION = "1"
+
+
+def data_fingerprint(images: torch.Tensor, targets: list[dict] | None = None) -> str:
+    """Hash of an evaluation set's pixels (8-bit) and ground truth: equal data, equal key."""
+    h = hashlib.sha256()
+    u8 = (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
+    h.update(str(tuple(u8.shape)).encode())
+    h.update(u8.numpy().tobytes())
+    for t in targets or []:
+        for k in ("boxes", "labels", "difficult"):
+            if k in t:
+                h.update(k.encode())
+                h.update(t[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+class ResultCache:
+    """Evaluation results (JSON) keyed by everything that produced them.
+
+    A robustness cell, a sweep or an analysis number is stored in ``data/cache/results/<key>.json``
+    where the key hashes the model's zoo key (or weights), the attack spec, the evaluation data's
+    fingerprint and ``RESULTS_VERSION``; a warm re-run of a notebook is then evaluation-free.
+    Writes are atomic; an unreadable entry is recomputed. ``enabled=False`` (or the environment
+    variable ``ADVLIB_NO_RESULT_CACHE=1``) turns it off.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, enabled: bool | None = None) -> None:
+        self.root = Path(root) if root is not None else PROJECT_ROOT / "data" / "cache" / "results"
+        if enabled is None:
+            enabled = os.environ.get("ADVLIB_NO_RESULT_CACHE", "") in ("", "0")
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(**parts) -> str:
+        blob = json.dumps({**parts, "results_version": RESULTS_VERSION}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def get(self, key: str):
+        if not self.enabled:
+            return None
+        path = self.root / f"{key}.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())["value"]
+        except Exception as exc:  # a torn or hand-edited file: recompute
+            log.warning("unreadable cached result %s (%s); recomputing", path, exc)
+            return None
+
+    def put(self, key: str, value, parts: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{key}.json"
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"value": value, "parts": parts or {}}, default=str))
+        os.replace(tmp, path)
+
+    def cached(self, compute: Callable[[], object], **parts):
+        """``compute()``'s JSON-able value for ``parts``: from the cache, or computed and stored."""
+        key = self.key(**parts)
+        value = self.get(key)
+        if value is not None:
+            self.hits += 1
+            return value
+        self.misses += 1
+        value = json.loads(json.dumps(to_jsonable(compute())))  # the same types on a hit and a miss
+        self.put(key, value, parts)
+        return value

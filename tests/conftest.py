@@ -40,3 +40,10 @@ def make_model(seed: int = 0, num_classes: int = 12, size: int = 64):
 
     torch.manual_seed(seed)
     return build_ssd("tiny_vgg", num_classes, size)
+
+
+@pytest.fixture(autouse=True)
+def _no_project_result_cache(monkeypatch):
+    """Unit tests never read or write the project's result cache (tests that exercise it pass a
+    ``ResultCache(tmp_path, enabled=True)``)."""
+    monkeypatch.setenv("ADVLIB_NO_RESULT_CACHE", "1")

@@ -233,3 +233,23 @@ def test_anchor_matching_happens_once_per_attack(model, batch, monkeypatch):
     x, targets = batch
     attack(model, x, targets, pgd("cwa", steps=5, beta=6.0))
     assert len(calls) == 1
+
+
+def test_one_step_mda_shares_the_start_and_equals_two_separate_attacks(model, batch):
+    # MTD Algorithm 1: one random start x~, one signed step of ε per task domain, per image the
+    # example with the larger multibox loss. The fast path (one forward, two gradients) must
+    # equal running the two single-domain attacks and picking by hand.
+    from advlib.losses import match_anchors, multibox_terms, ssd_loss
+
+    x, targets = batch
+    spec = AttackSpec("mda", eps=8 / 255, step_size=8 / 255, steps=1, random_start=True, seed=3)
+    fast = attack(model, x, targets, spec)
+    x_cls = attack(model, x, targets, spec.replace(objective="cls"))
+    x_loc = attack(model, x, targets, spec.replace(objective="loc"))
+    matched = match_anchors(model.anchors, targets, model.box_coder)
+    with torch.no_grad():
+        l_cls = ssd_loss(multibox_terms(model.eval()(x_cls), matched))
+        l_loc = ssd_loss(multibox_terms(model(x_loc), matched))
+    by_hand = torch.stack([x_cls[i] if l_cls[i] >= l_loc[i] else x_loc[i] for i in range(x.shape[0])])
+    assert ((fast - by_hand).abs() > 1e-5).float().mean() < 1e-3
+    assert (fast - x).abs().max() <= 8 / 255 + 1e-6

@@ -49,3 +49,29 @@ def test_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_budgets_are_validated_and_the_default_one_has_three_seeds():
+    from advlib.profiles import BUDGETS, Budget, get_budget
+
+    assert len(BUDGETS["default"].seeds) == 3 and BUDGETS["default"].recipe_epochs == 2
+    assert get_budget(get_profile("smoke")) is BUDGETS["smoke"]
+    with pytest.raises(ValueError, match="table_images"):
+        Budget(0, 8, 3, 1, 1, (0,), 8)
+    with pytest.raises(ValueError, match="seeds"):
+        Budget(8, 8, 3, 1, 1, (), 8)
+    with pytest.raises(ValueError, match="recipe_epochs"):
+        Budget(8, 8, 3, 1, 1, (0,), 8, recipe_epochs=0)
+
+
+def test_finetune_config_overrides_only_the_epochs(tiny_voc):
+    from advlib.experiment import Experiment
+    from advlib.train import TrainConfig
+
+    exp = Experiment("smoke", data_root=tiny_voc, progress=False, zoo_root=tiny_voc / "zoo")
+    base = TrainConfig.from_profile(exp.profile, seed=0, finetune=True)
+    assert exp.finetune_config() == base
+    two = exp.finetune_config(2, seed=5)
+    assert two.epochs == 2 and two.seed == 5 and two.lr == base.lr
+    with pytest.raises(ValueError, match="epochs"):
+        exp.finetune_config(0)

@@ -112,3 +112,77 @@ def test_task_domains_embedding(models, data):
     assert td.embedding.shape == (16, 2) and td.perturbations.shape[0] == 16
     assert 0.0 <= td.knn_accuracy <= 1.0
     assert np.abs(td.perturbations).max() <= 8 / 255 + 1e-6
+
+
+def test_result_cache_makes_a_second_table_and_sweep_attack_free(models, data, tmp_path, monkeypatch):
+    from advlib.zoo import ResultCache
+
+    images, targets = data
+    rc = ResultCache(tmp_path / "results", enabled=True)
+    spec = pgd("cls", steps=2)
+    attacks = {"clean": None, "white": spec, "from A": Transfer("A", spec)}
+    t1 = robustness_table(models, attacks, images, targets, CLASSES, cache=AdversarialCache(tmp_path / "adv"),
+                          data_id="tiny", progress=False, result_cache=rc)
+    s1 = sweep(models["A"], spec, images, targets, len(CLASSES), steps=[0, 1, 2], progress=False, result_cache=rc)
+    assert not any(c.result_cached for c in t1.cells) and rc.misses == 1 and rc.hits == 0
+    import advlib.robustness as rob
+
+    def boom(*a, **k):
+        raise AssertionError("attacked although the result was cached")
+
+    monkeypatch.setattr(rob, "adversarial_images", boom)
+    monkeypatch.setattr(rob, "detect_all", boom)
+    t2 = robustness_table(models, attacks, images, targets, CLASSES, cache=AdversarialCache(tmp_path / "adv"),
+                          data_id="tiny", progress=False, result_cache=rc)
+    s2 = sweep(models["A"], spec, images, targets, len(CLASSES), steps=[0, 1, 2], progress=False, result_cache=rc)
+    assert all(c.result_cached for c in t2.cells)
+    pd_t1, pd_t2 = t1.frame, t2.frame
+    assert np.allclose(pd_t1.values, pd_t2.values) and list(s1["map"]) == list(s2["map"])
+    # per-class AP is kept with every cell (mean of the classes with objects = mAP)
+    pc = t2.per_class("white")
+    assert pc.shape == (len(CLASSES), 2)
+    assert np.nanmean(pc["A"].values) == pytest.approx(t2.get("A", "white"), abs=1e-6) or pc["A"].isna().any()
+    # other data, other spec or another model: a miss, never a stale number
+    with pytest.raises(AssertionError, match="cached"):
+        robustness_table(models, {"white": spec.replace(eps=4 / 255)}, images, targets, CLASSES, progress=False,
+                         result_cache=rc)
+    with pytest.raises(AssertionError, match="cached"):
+        robustness_table(models, {"white": spec}, images[:2], targets[:2], CLASSES, progress=False, result_cache=rc)
+
+
+def test_result_cache_survives_a_torn_file_and_can_be_disabled(tmp_path):
+    from advlib.zoo import ResultCache
+
+    rc = ResultCache(tmp_path, enabled=True)
+    calls = []
+    assert rc.cached(lambda: calls.append(1) or {"x": 1.5}, a=1) == {"x": 1.5}
+    assert rc.cached(lambda: calls.append(1) or {"x": 9.0}, a=1) == {"x": 1.5} and len(calls) == 1
+    (f,) = list(tmp_path.glob("*.json"))
+    f.write_text("{not json")
+    assert rc.cached(lambda: calls.append(1) or {"x": 2.5}, a=1) == {"x": 2.5} and len(calls) == 2
+    off = ResultCache(tmp_path, enabled=False)
+    assert off.cached(lambda: calls.append(1) or {"x": 3.5}, a=1) == {"x": 3.5} and len(calls) == 3
+
+
+def test_sweep_curves_reuse_the_shared_point(models, data, monkeypatch):
+    import advlib.robustness as rob
+    from advlib.robustness import sweep_curves
+
+    images, targets = data
+    calls = []
+    real = rob.sweep
+
+    def counting(*a, **k):
+        calls.append(k.get("eps"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(rob, "sweep", counting)
+    spec = pgd("cls", eps=8 / 255, step_size=2 / 255, steps=2)
+    c = sweep_curves({"A": models["A"]}, {"A_cls": spec}, images, targets, len(CLASSES), steps=[0, 1, 2],
+                     eps=[4 / 255, 8 / 255], progress=False)
+    assert calls == [None, [4 / 255]]  # the ε = 8 point is the steps curve's end, not a second run
+    e, s = c[c.kind == "eps"], c[c.kind == "steps"]
+    assert list(e["eps_px"].round(3)) == [4.0, 8.0] and list(s["steps"]) == [0, 1, 2]
+    assert float(e[e.eps_px.round(3) == 8.0]["map"].iloc[0]) == float(s[s.steps == 2]["map"].iloc[0])
+    ref = real(models["A"], spec, images, targets, len(CLASSES), eps=[8 / 255], progress=False)
+    assert float(ref["map"].iloc[0]) == pytest.approx(float(s[s.steps == 2]["map"].iloc[0]), abs=1e-9)

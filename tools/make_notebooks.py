@@ -159,46 +159,49 @@ def nb01() -> list:
             "(Algorithm 1). This notebook trains STD, CLS, LOC, CON and MTD, reproduces Figs. 3-6 and "
             "Tables 2, 3 and 5 beside the paper's numbers, and checks the paper's claims on this run.\n\n"
             "**Recipes.** The robust models are *fine-tuned from the cached STD model* (as CWAT and RobustDet "
-            "do), not trained from scratch as MTD did: `profile.finetune_epochs` epochs at "
-            "`profile.finetune_lr`. MTD uses one FGSM step of size ε from a random start in each domain "
-            "(the paper's Algorithm 1). Budgets for tables, sweeps, DAG and the second backbone come from "
-            "`advlib.profiles.BUDGETS` (the default profile uses subsets and fewer DAG steps; the voc "
-            "profile uses the paper's settings); every table cell records its attack spec."),
+            "do), not trained from scratch as MTD did: `budget.recipe_epochs` epochs (the profile's "
+            "`finetune_epochs` when unset) at `profile.finetune_lr`. MTD uses one FGSM step of size ε from a "
+            "shared random start in each domain (the paper's Algorithm 1).\n\n"
+            "**Budgets.** Table images, sweep images, DAG steps, the second backbone's epochs and the seeds "
+            "come from `advlib.profiles.BUDGETS` (printed below): the default profile uses subsets of the test "
+            "set and caps DAG at 40 steps so that everything runs on 2 CPU cores; the voc profile uses the "
+            "paper's settings. Every table cell records its attack spec, and every number is kept in the "
+            "result cache (`data/cache/results`), so a re-run only re-draws the figures."),
         new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP + """
 from advlib.profiles import get_budget
 from advlib.attacks import pgd, preset
-from advlib.robustness import Transfer, robustness_table, sweep
-from advlib.analysis import candidate_anchor_metrics, gradient_cosine, task_domains, task_gradients
+from advlib.robustness import Transfer, robustness_table, sweep_curves
+from advlib.analysis import gradient_cosine, task_domains, task_gradients, task_interaction, gradient_cosines
+from advlib.claims import mean_std_table, mtd_claims
 
 budget = get_budget(exp.profile)
 EPS, STEP = 8 / 255, 2 / 255
 images, targets = exp.eval_data
 tab_x, tab_t = images[:budget.table_images], targets[:budget.table_images]
-print(budget)"""),
+ft = exp.finetune_config(budget.recipe_epochs)
+data_id = json.dumps(exp.test_set.identity())
+print(budget)
+print(f"robust recipes: fine-tuned from STD for {ft.epochs} epochs at lr {ft.lr}; "
+      f"tables on {tab_x.shape[0]} test images")"""),
         new_markdown_cell("## Models: STD and the four adversarially trained recipes"),
         new_code_cell("""t0 = time.perf_counter()
 models = {"STD": exp.model("std")}
 train_info = {"STD": exp.last_meta.get("train_seconds")}
 for name in ("cls", "loc", "con", "mtd"):
-    models[name.upper()] = exp.model(name, parent="std")
+    models[name.upper()] = exp.model(name, parent="std", cfg=ft)
     train_info[name.upper()] = exp.last_meta.get("train_seconds")
 print(f"models ready in {time.perf_counter() - t0:.0f} s; training seconds when trained: {train_info}")"""),
         new_markdown_cell("## Fig. 3a: mutual impact of the task losses\nOn the STD model, candidate anchors "
                           "(default boxes with IoU > 0.5 with a ground truth): classification accuracy and mean "
                           "IoU of the decoded boxes, before NMS, on clean images and under one-step A_cls / "
-                          "A_loc (ε = 8/255)."),
-        new_code_cell("""from advlib.robustness import adversarial_images
-
-std = models["STD"]
-one_step = {"clean": None, "A_cls": pgd("cls", EPS, EPS, 1, random_start=False),
-            "A_loc": pgd("loc", EPS, EPS, 1, random_start=False)}
-fig3a = {}
-for name, spec in one_step.items():
-    x = images if spec is None else adversarial_images(std, images, targets, spec)
-    fig3a[name] = candidate_anchor_metrics(std, x, targets)
-fig3a_df = pd.DataFrame(fig3a).T
+                          "A_loc (FGSM, ε = 8/255), on all evaluation images."),
+        new_code_cell("""std = models["STD"]
+fig3a = task_interaction(std, images, targets, EPS)
+fig3a_df = pd.DataFrame({k: fig3a[k] for k in ("clean", "A_cls", "A_loc")}).T
 display(fig3a_df.round(3))
+print("paper (Fig. 3a, bar chart; no numbers in the text): each one-step task attack lowers both the "
+      "classification accuracy and the mean IoU of the candidates")
 fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
 for ax, key in zip(axes, ("accuracy", "mean_iou")):
     ax.bar(fig3a_df.index, fig3a_df[key], color=["#4363d8", "#e6194b", "#3cb44b"])
@@ -207,12 +210,8 @@ save_figure(fig, "01_fig3a_task_interaction", exp.profile.name)
 plt.show()"""),
         new_markdown_cell("## Fig. 3b: task gradients are misaligned\nElement-wise scatter of the input "
                           "gradients of the two task losses for one image, and their cosine similarity over "
-                          "the evaluation images."),
-        new_code_cell("""cosines = []
-for i in range(0, min(len(targets), budget.table_images), 16):
-    g_cls, g_loc = task_gradients(std, images[i:i + 16], targets[i:i + 16])
-    cosines.append(gradient_cosine(g_cls, g_loc))
-cosines = torch.cat(cosines)
+                          "the table images."),
+        new_code_cell("""cosines = gradient_cosines(std, tab_x, tab_t)
 g_cls, g_loc = task_gradients(std, images[:1], targets[:1])
 fig, ax = plt.subplots(figsize=(4, 4))
 a, b = g_cls.flatten().numpy(), g_loc.flatten().numpy()
@@ -224,7 +223,7 @@ plt.show()
 print(f"cosine(∇L_cls, ∇L_loc) over {len(cosines)} images: mean {cosines.mean():.3f} ± {cosines.std():.3f}")"""),
         new_markdown_cell("## Fig. 4: the two task domains, seen through t-SNE\nAdversarial examples of one "
                           "clean image from random starts, for each task loss (PGD-10, ε = 8/255); separability is "
-                          "the leave-one-fold-out k-NN accuracy of the task label (0.5 = inseparable)."),
+                          "the 5-fold k-NN accuracy of the task label (0.5 = inseparable)."),
         new_code_cell("""td = task_domains(std, images[0], targets[0], pgd("cls", EPS, STEP, exp.profile.attack_steps),
                   n=budget.tsne_starts, seed=seed)
 fig, ax = plt.subplots(figsize=(4, 4))
@@ -236,19 +235,14 @@ save_figure(fig, "01_fig4_tsne", exp.profile.name)
 plt.show()"""),
         new_markdown_cell("## Figs. 5 and 6: mAP as the attack gets stronger\nSTD, CLS and LOC under A_cls and "
                           "A_loc: steps 1..20 at ε = 8/255, and ε = 2..10/255 at 20 steps (step 2/255). A k-step "
-                          "PGD is the prefix of a longer one, so each steps curve is one 20-step run."),
+                          "PGD is the prefix of a longer one, so each steps curve is one 20-step run, and the "
+                          "ε = 8 point of the ε curve is that run's end."),
         new_code_cell("""sw_x, sw_t = images[:budget.sweep_images], targets[:budget.sweep_images]
 steps_grid = [k for k in (0, 1, 2, 3, 5, 10, 20) if k <= budget.sweep_steps]
 eps_grid = [2 / 255, 4 / 255, 6 / 255, 8 / 255, 10 / 255]
-curves = []
-for mname in ("STD", "CLS", "LOC"):
-    for task in ("cls", "loc"):
-        base = pgd(task, EPS, STEP, budget.sweep_steps, seed=seed)
-        s = sweep(models[mname], base, sw_x, sw_t, exp.num_classes, steps=steps_grid, progress=False)
-        e = sweep(models[mname], base, sw_x, sw_t, exp.num_classes, eps=eps_grid, progress=False)
-        curves += [dict(r, model=mname, attack="A_" + task, kind="steps") for r in s.to_dict("records")]
-        curves += [dict(r, model=mname, attack="A_" + task, kind="eps") for r in e.to_dict("records")]
-curves = pd.DataFrame(curves)
+curves = sweep_curves({m: models[m] for m in ("STD", "CLS", "LOC")},
+                      {"A_" + t: pgd(t, EPS, STEP, budget.sweep_steps, seed=seed) for t in ("cls", "loc")},
+                      sw_x, sw_t, exp.num_classes, steps=steps_grid, eps=eps_grid)
 fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharey=True)
 for (kind, xcol), row in zip((("steps", "steps"), ("eps", "eps_px")), axes):
     for ax, atk in zip(row, ("A_cls", "A_loc")):
@@ -266,7 +260,7 @@ plt.show()"""),
         new_code_cell("""k = exp.profile.attack_steps
 attacks = {"clean": None, "A_cls": preset("A_cls", steps=k, seed=seed), "A_loc": preset("A_loc", steps=k, seed=seed),
            "DAG": preset("DAG", steps=budget.dag_steps, seed=seed), "RAP": preset("RAP", steps=k, seed=seed)}
-t2 = robustness_table(models, attacks, tab_x, tab_t, exp.classes, data_id=json.dumps(exp.test_set.identity()))
+t2 = robustness_table(models, attacks, tab_x, tab_t, exp.classes, data_id=data_id)
 table2 = t2.frame
 robust = ["CLS", "LOC", "CON", "MTD"]
 table2.loc["ours avg"] = table2.loc[robust].mean()
@@ -274,19 +268,32 @@ paper2 = pd.DataFrame({"clean": [72.1, 46.7, 51.9, 38.7, 48.0, 46.3], "A_cls": [
                        "A_loc": [0.0, 32.2, 26.5, 27.2, 31.9, 29.4], "DAG": [0.3, 28.0, 17.2, 26.4, 28.5, 25.0],
                        "RAP": [6.6, 43.4, 43.6, 40.8, 44.9, 43.2]},
                       index=["STD", "CLS", "LOC", "CON", "MTD", "ours avg"]) / 100
-display(pd.concat({"ours": table2, "paper (VOC07, SSD-VGG16)": paper2}, axis=1).round(3))"""),
-        new_markdown_cell("## Seed variance of Table 2's STD and MTD rows"),
-        new_code_cell("""seed_rows = [{"seed": seed, "model": c.model, "attack": c.attack, "map": c.map}
-             for c in t2.cells if c.model in ("STD", "MTD")]
+display(pd.concat({"ours": table2, "paper (VOC07, SSD-VGG16)": paper2}, axis=1).round(3))
+fig, ax = plt.subplots(figsize=(8, 3))
+table2.drop(index="ours avg").T.plot.bar(ax=ax, rot=0, width=0.8)
+ax.set_ylabel("mAP@0.5"); ax.set_title("Table 2 (ours)"); ax.legend(ncol=5, fontsize=8)
+save_figure(fig, "01_table2", exp.profile.name)
+plt.show()"""),
+        new_markdown_cell("## Seed variance of Table 2's STD and MTD rows\nThe papers report one run (and users of the "
+                          "RobustDet code reported unstable MTD retraining): STD and MTD trained with each seed of "
+                          "`budget.seeds`, same attacks and images; mean ± sample std over the seeds."),
+        new_code_cell("""seed_rows = []
 for s in budget.seeds:
-    if s == seed:
-        continue  # already in Table 2
-    ms = {"STD": exp.model("std", seed=s), "MTD": exp.model("mtd", seed=s, parent="std")}
-    tb = robustness_table(ms, attacks, tab_x, tab_t, exp.classes, progress=False,
-                          data_id=json.dumps(exp.test_set.identity()))
-    seed_rows += [{"seed": s, "model": c.model, "attack": c.attack, "map": c.map} for c in tb.cells]
-seed_df = pd.DataFrame(seed_rows).pivot_table(index="model", columns="attack", values="map", aggfunc=["mean", "std"])
-display(seed_df.round(3))"""),
+    ms = {"STD": exp.model("std", seed=s),
+          "MTD": exp.model("mtd", seed=s, parent="std", cfg=exp.finetune_config(budget.recipe_epochs, seed=s))}
+    tb = robustness_table(ms, attacks, tab_x, tab_t, exp.classes, progress=False, data_id=data_id)
+    seed_rows += [{"seed": s, "model": c.model, "attack": c.attack, "map": c.map, "spec": c.spec} for c in tb.cells]
+seed_df = mean_std_table(seed_rows)
+display(seed_df)
+sd = pd.DataFrame(seed_rows)
+fig, ax = plt.subplots(figsize=(7, 3))
+for off, m in ((-0.2, "STD"), (0.2, "MTD")):
+    g = sd[sd.model == m].groupby("attack", sort=False)["map"]
+    ax.bar(np.arange(len(g.mean())) + off, g.mean(), 0.4, yerr=g.std(ddof=1).fillna(0), capsize=3, label=m)
+ax.set_xticks(range(len(attacks)), list(attacks)); ax.set_ylabel("mAP@0.5")
+ax.set_title(f"STD vs MTD over seeds {list(budget.seeds)} (mean ± std)"); ax.legend()
+save_figure(fig, "01_table2_seeds", exp.profile.name)
+plt.show()"""),
         new_markdown_cell("## Tables 3 and 5: another backbone, and transferred attacks\nSTD vs MTD under DAG "
                           "and RAP for the profile's two backbones (Table 3), and the MTD model under DAG and RAP "
                           "crafted on the other backbone's STD model (Table 5; crafted once, cached on disk)."),
@@ -295,13 +302,13 @@ from advlib.train import TrainConfig
 
 bb2 = exp.profile.second_backbone
 cfg2 = replace(TrainConfig.from_profile(exp.profile, seed=seed), epochs=budget.second_backbone_epochs)
-ft2 = replace(TrainConfig.from_profile(exp.profile, seed=seed, finetune=True), epochs=budget.second_finetune_epochs)
 std2 = exp.model("std", backbone=bb2, cfg=cfg2)
-mtd2 = exp.model("mtd", backbone=bb2, parent="std", parent_cfg=cfg2, cfg=ft2)
+mtd2 = exp.model("mtd", backbone=bb2, parent="std", parent_cfg=cfg2,
+                 cfg=exp.finetune_config(budget.second_finetune_epochs))
 lit = {"DAG": attacks["DAG"], "RAP": attacks["RAP"]}
-data_id = json.dumps(exp.test_set.identity())
 t3 = robustness_table({f"STD {exp.profile.backbone}": models["STD"], f"MTD {exp.profile.backbone}": models["MTD"],
-                       f"STD {bb2}": std2, f"MTD {bb2}": mtd2}, lit, tab_x, tab_t, exp.classes, data_id=data_id)
+                       f"STD {bb2}": std2, f"MTD {bb2}": mtd2}, {"clean": None, **lit}, tab_x, tab_t, exp.classes,
+                      data_id=data_id)
 paper3 = pd.DataFrame({"DAG": [0.3, 28.5, 0.4, 22.9], "RAP": [6.6, 44.9, 8.8, 39.1]},
                       index=["STD VGG16", "MTD VGG16", "STD ResNet50", "MTD ResNet50"]) / 100
 display(t3.frame.round(3)); display(paper3)
@@ -310,51 +317,19 @@ t5 = robustness_table({"MTD": models["MTD"]}, {**lit, **transfer}, tab_x, tab_t,
                       sources={"src": std2}, data_id=data_id)
 display(t5.frame.round(3))
 print("paper Table 5 (MTD SSD+VGG16 under attacks transferred from SSD+ResNet50): DAG 49.3, RAP 49.4; clean 48.0")"""),
-        new_markdown_cell("## Claims scorecard\nEach verdict is computed from the numbers above, in this run."),
-        new_code_cell("""T = table2
-atk = ["A_cls", "A_loc", "DAG", "RAP"]
-avg = T.loc[robust, atk].mean(axis=1)
-std_steps = curves[(curves.model == "STD") & (curves.kind == "steps")]
-rob_steps = curves[(curves.model != "STD") & (curves.kind == "steps")]
-def at(df, col, val):
-    return df[df[col] == val].groupby(["model", "attack"])["map"].mean()
-k_few, k_max = min(3, budget.sweep_steps), budget.sweep_steps
-std_after3 = at(std_steps, "steps", k_few).mean() / max(T.loc["STD", "clean"], 1e-9)
-rob_keep = (at(rob_steps, "steps", k_max) / at(rob_steps, "steps", 1)).mean()
-wb = t5.frame.loc["MTD", ["DAG", "RAP"]].mean()
-tr = t5.frame.loc["MTD", [c for c in t5.frame.columns if "from" in c]].mean()
-claims = [
-    check("STD collapses: A_cls and A_loc each leave < 15% of clean mAP", max(T.loc["STD", "A_cls"], T.loc["STD", "A_loc"]) < 0.15 * T.loc["STD", "clean"],
-          source="MTD Table 2", clean=T.loc["STD", "clean"], A_cls=T.loc["STD", "A_cls"], A_loc=T.loc["STD", "A_loc"]),
-    check("Each task attack lowers both task metrics (Fig. 3a)",
-          all(fig3a[a][k] < fig3a["clean"][k] for a in ("A_cls", "A_loc") for k in ("accuracy", "mean_iou")),
-          source="MTD Fig. 3a", **{f"{a}_{k}": fig3a[a][k] for a in fig3a for k in ("accuracy", "mean_iou")}),
-    check("Task gradients are misaligned: mean cosine well below 1 (< 0.5)", float(cosines.mean()) < 0.5,
-          source="MTD Fig. 3b", mean_cosine=float(cosines.mean())),
-    check("Every robust model beats STD under every attack", bool((T.loc[robust, atk] > T.loc["STD", atk]).all().all()),
-          source="MTD Table 2", **{f"min_margin_{a}": float((T.loc[robust, a] - T.loc["STD", a]).min()) for a in atk}),
-    check("Every robust model loses clean mAP (the trade-off)", bool((T.loc[robust, "clean"] < T.loc["STD", "clean"]).all()),
-          source="MTD Table 2", **{f"clean_{m}": T.loc[m, "clean"] for m in ["STD"] + robust}),
-    check("CLS is more robust than LOC under A_cls while LOC keeps more clean mAP",
-          T.loc["CLS", "A_cls"] > T.loc["LOC", "A_cls"] and T.loc["LOC", "clean"] > T.loc["CLS", "clean"],
-          source="MTD Table 2", CLS_A_cls=T.loc["CLS", "A_cls"], LOC_A_cls=T.loc["LOC", "A_cls"],
-          CLS_clean=T.loc["CLS", "clean"], LOC_clean=T.loc["LOC", "clean"]),
-    check("MTD has the best (or within 2 points of the best) average over attacks, and beats CON",
-          avg["MTD"] >= avg.max() - 0.02 and avg["MTD"] > avg["CON"], source="MTD Table 2",
-          **{f"avg_{m}": avg[m] for m in robust}),
-    check("Robust models degrade gracefully with steps while STD falls within a few steps",
-          std_after3 < 0.15 and rob_keep > 0.5, source="MTD Fig. 5",
-          std_map_after_3_steps_over_clean=std_after3, robust_map_20_over_1_steps=rob_keep),
-    check("Transferred attacks hurt the MTD model less than white-box ones", tr > wb, source="MTD Table 5",
-          white_box_mean=wb, transferred_mean=tr),
-]
+        new_markdown_cell("## Claims scorecard\nEach verdict is computed by `advlib.claims.mtd_claims` from the "
+                          "numbers above, in this run."),
+        new_code_cell("""claims = mtd_claims(table2, fig3a, float(cosines.mean()), curves, t5.frame, robust=robust,
+                    few_steps=min(3, budget.sweep_steps), knn_accuracy=td.knn_accuracy)
 display(scorecard(claims))
 results = {"notebook": "01_mtd_task_domains", "profile": exp.profile.to_dict(), "budget": budget.__dict__, "seed": seed,
-           "tables": {"fig3a": fig3a, "fig3b": {"mean_cosine": float(cosines.mean()), "std": float(cosines.std())},
+           "recipes": {"finetune_from": "STD", "epochs": ft.epochs, "lr": ft.lr},
+           "tables": {"fig3a": fig3a,
+                      "fig3b": {"mean_cosine": float(cosines.mean()), "std": float(cosines.std())},
                       "fig4": {"knn_accuracy": td.knn_accuracy, "knn_accuracy_2d": td.knn_accuracy_2d, "spec": td.spec},
                       "fig5_fig6": curves, "table2": {"ours": table2, "paper": paper2, "cells": t2.to_dict()["cells"]},
-                      "table2_seeds": seed_rows, "table3": {"ours": t3.to_dict(), "paper": paper3},
-                      "table5": t5.to_dict()},
+                      "table2_seeds": {"rows": seed_rows, "mean_std": seed_df},
+                      "table3": {"ours": t3.to_dict(), "paper": paper3}, "table5": t5.to_dict()},
            "models": train_info, "claims": [c.to_dict() for c in claims], "seconds": time.perf_counter() - t_start}
 print("wrote", save_json(results, "01_mtd.json", exp.profile.name))"""),
 

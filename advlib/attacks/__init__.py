@@ -11,10 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from advlib.attacks.engine import AttackSpec, project, run_attack
+from advlib.attacks.engine import AttackSpec, _per_image_rand, image_generators, project, run_attack
 from advlib.attacks.objectives import (DAGObjective, DfoolObjective, RAPObjective, ShrinkObjective,
-                                       TaskObjective)
-from advlib.losses import match_anchors, multibox_terms, ssd_loss
+                                       TaskObjective, TaskState)
+from advlib.losses import cls_loss, loc_loss, match_anchors, multibox_terms, ssd_loss
 
 _OBJECTIVE_CLASSES = {"dag": DAGObjective, "dfool": DfoolObjective, "shrink": ShrinkObjective, "rap": RAPObjective}
 OBJECTIVES = (*TaskObjective.NAMES, *_OBJECTIVE_CLASSES, "mda")
@@ -52,17 +52,59 @@ def attack(model, images: Tensor, targets: list[dict] | None, spec: AttackSpec,
 
 
 def mda_attack(model, images: Tensor, targets: list[dict], spec: AttackSpec,
-               snapshots: list[int] | None = None, generators: list | None = None):
+               snapshots: list[int] | None = None, generators: list | None = None, matched=None):
     """MTD's task-domain attack: an A_cls and an A_loc example with the same settings, then *per
-    image* the one with the larger multibox loss (the public RobustDet code picks per batch)."""
+    image* the one with the larger multibox loss (the public RobustDet code picks per batch).
+
+    Both domains start from the same random point (Algorithm 1's x̃). A one-step attack (MTD's
+    training attack) differentiates both task losses from one forward pass at x̃. ``matched``
+    reuses a matching the caller already has (the training recipe's).
+    """
     if targets is None:
         raise ValueError("the MDA attack needs ground-truth targets")
-    x_cls = attack(model, images, targets, spec.replace(objective="cls"), snapshots, generators)
-    x_loc = attack(model, images, targets, spec.replace(objective="loc"), snapshots, generators)
-    matched = match_anchors(model.anchors, targets, model.box_coder)
-    if snapshots is not None:
-        return {k: _pick_larger_loss(model, matched, x_cls[k], x_loc[k]) for k in x_cls}
+    if matched is None:
+        matched = match_anchors(model.anchors, targets, model.box_coder)
+    one_step = (spec.steps == 1 and spec.update == "sign" and not spec.transforms and spec.momentum == 0
+                and not spec.early_stop)
+    if one_step:
+        if snapshots is not None and list(snapshots) != [1]:
+            raise ValueError(f"snapshots must lie in 1..1, got {snapshots}")
+        x_cls, x_loc = _two_domain_step(model, images, matched, spec, generators)
+        pair = {1: (x_cls, x_loc)} if snapshots is not None else None
+    else:
+        x_cls = run_attack(model, images, TaskObjective("cls"), spec.replace(objective="cls"), TaskState(matched),
+                           snapshots, generators)
+        x_loc = run_attack(model, images, TaskObjective("loc"), spec.replace(objective="loc"), TaskState(matched),
+                           snapshots, generators)
+        pair = {k: (x_cls[k], x_loc[k]) for k in x_cls} if snapshots is not None else None
+    if pair is not None:
+        return {k: _pick_larger_loss(model, matched, a, b) for k, (a, b) in pair.items()}
     return _pick_larger_loss(model, matched, x_cls, x_loc)
+
+
+def _two_domain_step(model, images: Tensor, matched, spec: AttackSpec, generators) -> tuple[Tensor, Tensor]:
+    """One signed step in each task domain from a shared start: one forward, two input gradients."""
+    was_training = model.training
+    model.eval()
+    x = images.detach()
+    try:
+        with torch.no_grad():
+            if spec.random_start:
+                gens = generators if generators is not None else image_generators(x, spec.seed)
+                x0 = project(x + spec.eps * (_per_image_rand(gens, tuple(x.shape[1:]), x.device) * 2 - 1), x, spec.eps)
+            else:
+                x0 = x.clone()
+        xa = x0.requires_grad_(True)
+        with torch.enable_grad():
+            terms = multibox_terms(model(xa), matched)
+            (g_cls,) = torch.autograd.grad(cls_loss(terms).sum(), xa, retain_graph=True)
+            (g_loc,) = torch.autograd.grad(loc_loss(terms).sum(), xa)
+        with torch.no_grad():
+            x0 = x0.detach()
+            return (project(x0 + spec.step_size * g_cls.sign(), x, spec.eps),
+                    project(x0 + spec.step_size * g_loc.sign(), x, spec.eps))
+    finally:
+        model.train(was_training)
 
 
 def _pick_larger_loss(model, matched, x_a: Tensor, x_b: Tensor) -> Tensor:

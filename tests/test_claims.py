@@ -1,0 +1,91 @@
+"""MTD claims: verdicts follow the numbers (hand-made tables where each claim holds, then each broken)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from advlib.claims import mean_std_table, mtd_claims
+
+
+def _table2():
+    return pd.DataFrame({"clean": [0.80, 0.70, 0.75, 0.72, 0.73], "A_cls": [0.05, 0.50, 0.40, 0.45, 0.49],
+                         "A_loc": [0.06, 0.55, 0.60, 0.55, 0.60], "DAG": [0.30, 0.60, 0.60, 0.60, 0.62],
+                         "RAP": [0.40, 0.65, 0.66, 0.64, 0.66]},
+                        index=["STD", "CLS", "LOC", "CON", "MTD"])
+
+
+FIG3A = {"clean": {"accuracy": 0.9, "mean_iou": 0.8}, "A_cls": {"accuracy": 0.2, "mean_iou": 0.7},
+         "A_loc": {"accuracy": 0.5, "mean_iou": 0.4}}
+
+
+def _curves(std_after3=0.05, robust_20=0.40, robust_eps10=0.40):
+    rows = []
+    for m in ("STD", "CLS", "LOC"):
+        for a in ("A_cls", "A_loc"):
+            for k, v in ((0, 0.8), (1, 0.5), (3, std_after3 if m == "STD" else 0.5), (20, 0.02 if m == "STD" else robust_20)):
+                rows.append({"model": m, "attack": a, "kind": "steps", "steps": k, "eps_px": 8.0, "map": v})
+            for e, v in ((2.0, 0.6), (10.0, 0.01 if m == "STD" else robust_eps10)):
+                rows.append({"model": m, "attack": a, "kind": "eps", "steps": 20, "eps_px": e, "map": v})
+    return pd.DataFrame(rows)
+
+
+T5 = pd.DataFrame({"DAG": [0.60], "RAP": [0.64], "DAG from STD r": [0.70], "RAP from STD r": [0.72]}, index=["MTD"])
+
+
+def verdicts(**changes):
+    args = {"table2": _table2(), "fig3a": FIG3A, "mean_cosine": 0.2, "curves": _curves(), "table5": T5}
+    args.update(changes)
+    return [c.verdict for c in mtd_claims(**args)]
+
+
+def test_all_claims_confirmed_on_numbers_where_they_hold():
+    assert verdicts() == ["confirmed"] * 9
+
+
+@pytest.mark.parametrize("idx, change", [
+    (0, lambda t: t.__setitem__("A_loc", [0.13, 0.55, 0.60, 0.55, 0.60])),  # 0.13 > 0.15 * 0.80
+    (3, lambda t: t.loc.__setitem__(("CON", "DAG"), 0.29)),  # CON below STD under DAG
+    (4, lambda t: t.loc.__setitem__(("LOC", "clean"), 0.81)),  # LOC gains clean mAP
+    (5, lambda t: t.loc.__setitem__(("CLS", "A_cls"), 0.39)),  # CLS less robust than LOC under A_cls
+    (6, lambda t: t.loc.__setitem__(("MTD", "A_cls"), 0.30)),  # MTD avg 0.545 < best (CLS) 0.575 - 0.02
+])
+def test_each_table2_claim_breaks_when_its_numbers_do(idx, change):
+    t = _table2()
+    change(t)
+    got = verdicts(table2=t)
+    assert got[idx] == "not confirmed"
+    assert got.count("not confirmed") >= 1
+
+
+def test_fig3_gradient_steps_and_transfer_claims():
+    fig = {**FIG3A, "A_loc": {"accuracy": 0.95, "mean_iou": 0.4}}  # A_loc raises accuracy
+    assert verdicts(fig3a=fig)[1] == "not confirmed"
+    assert verdicts(mean_cosine=0.7)[2] == "not confirmed"
+    assert verdicts(curves=_curves(std_after3=0.2))[7] == "not confirmed"  # 0.2 / 0.8 = 25% > 15%
+    assert verdicts(curves=_curves(robust_20=0.2))[7] == "not confirmed"  # keeps 0.2 / 0.5 = 40%
+    assert verdicts(curves=_curves(robust_eps10=0.25))[7] == "not confirmed"  # keeps 0.25 / 0.6
+    t5 = T5.copy()
+    t5["DAG from STD r"] = 0.5  # transferred mean 0.61 < white-box 0.62
+    assert verdicts(table5=t5)[8] == "not confirmed"
+    assert verdicts(knn_accuracy=0.8)[9] == "confirmed"
+    assert verdicts(knn_accuracy=1.0)[9] == "not confirmed"  # two isolated clusters
+    assert verdicts(knn_accuracy=0.5)[9] == "not confirmed"  # one cloud
+
+
+def test_claim_numbers_are_the_inputs():
+    c = mtd_claims(_table2(), FIG3A, 0.2, _curves(), T5)
+    assert c[0].numbers == {"clean": 0.80, "A_cls": 0.05, "A_loc": 0.06}
+    assert c[6].numbers["avg_MTD"] == pytest.approx((0.49 + 0.60 + 0.62 + 0.66) / 4)
+    assert c[8].numbers == {"white_box_mean": pytest.approx(0.62), "transferred_mean": pytest.approx(0.71)}
+    assert c[7].numbers["std_map_after_3_steps_over_clean"] == pytest.approx(0.05 / 0.80)
+
+
+def test_mean_std_table_by_hand():
+    rows = [{"seed": s, "model": m, "attack": "clean", "map": v}
+            for s, m, v in ((0, "STD", 0.7), (1, "STD", 0.8), (2, "STD", 0.9), (0, "MTD", 0.5), (1, "MTD", 0.5), (2, "MTD", 0.5))]
+    t = mean_std_table(rows)
+    assert t.loc["STD", "clean"] == f"0.8 ± {round(math.sqrt(0.01), 3)}"  # sample std of .7/.8/.9 = 0.1
+    assert t.loc["MTD", "clean"] == "0.5 ± 0.0" and list(t["n"]) == [3, 3]
