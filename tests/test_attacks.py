@@ -253,3 +253,35 @@ def test_one_step_mda_shares_the_start_and_equals_two_separate_attacks(model, ba
     by_hand = torch.stack([x_cls[i] if l_cls[i] >= l_loc[i] else x_loc[i] for i in range(x.shape[0])])
     assert ((fast - by_hand).abs() > 1e-5).float().mean() < 1e-3
     assert (fast - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_dag_success_check_shares_the_loss_forward(model, batch, monkeypatch):
+    # the engine asks DAG for (loss, done) from one forward pass; the result must equal the
+    # separate check-then-step loop, with one forward per step instead of two
+    x, targets = batch
+
+    class Separate:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def loss(self, m, xx, st):
+            return self.inner.loss(m, xx, st)
+
+        def done(self, m, xx, st):
+            return self.inner.done(m, xx, st)
+
+    obj = DAGObjective(seed=0)
+    state = obj.prepare(model, x, targets)
+    spec = preset("DAG", steps=6).replace(step_size=4 / 255)
+    forwards = []
+    hook = model.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        fused = run_attack(model, x, obj, spec, state)
+        n_fused = len(forwards)
+        forwards.clear()
+        separate = run_attack(model, x, Separate(obj), spec, state)
+        n_separate = len(forwards)
+    finally:
+        hook.remove()
+    assert torch.equal(fused, separate)
+    assert n_fused <= 6 and n_separate >= 2 * n_fused - 1  # -1: the last check ends the loop early

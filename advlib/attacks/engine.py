@@ -197,14 +197,21 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
             kernel = None
             if "ti" in spec.transforms:
                 kernel = gaussian_kernel(spec.ti_kernel).to(x).expand(3, 1, -1, -1).contiguous()
+        # an objective that reports success from the same forward pass as its loss saves the
+        # separate success check (one forward per step) when no input transformation is used
+        fused = spec.early_stop and hasattr(objective, "loss_and_done") and not spec.transforms
         for step in range(1, spec.steps + 1):
-            if spec.early_stop and hasattr(objective, "done"):
+            if fused:
+                grad, done = _input_gradient(model, x_adv, objective, spec, state, gens, with_done=True)
+                active &= ~done
+            elif spec.early_stop and hasattr(objective, "done"):
                 with torch.no_grad():
                     active &= ~objective.done(model, x_adv, state)
-                if not bool(active.any()):
-                    kept.update({k: x_adv.detach() for k in (snapshots or []) if k >= step})
-                    break
-            grad = _input_gradient(model, x_adv, objective, spec, state, gens)
+            if spec.early_stop and not bool(active.any()):
+                kept.update({k: x_adv.detach() for k in (snapshots or []) if k >= step})
+                break
+            if not fused:
+                grad = _input_gradient(model, x_adv, objective, spec, state, gens)
             with torch.no_grad():
                 if kernel is not None:
                     grad = F.conv2d(grad, kernel, padding=spec.ti_kernel // 2, groups=3)
@@ -221,19 +228,24 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
         model.train(was_training)
 
 
-def _input_gradient(model, x_adv: Tensor, objective, spec: AttackSpec, state, gens) -> Tensor:
-    """Gradient of ``sum_b loss_b`` w.r.t. the input, averaged over DI/SI copies."""
+def _input_gradient(model, x_adv: Tensor, objective, spec: AttackSpec, state, gens, with_done: bool = False):
+    """Gradient of ``sum_b loss_b`` w.r.t. the input, averaged over DI/SI copies (and, with
+    ``with_done``, the objective's per-image success at ``x_adv`` from the same forward pass)."""
     copies = [1.0 / 2**i for i in range(spec.si_copies)] if "si" in spec.transforms else [1.0]
     total = torch.zeros_like(x_adv)
+    done = None
     for scale in copies:
         xa = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
             inp = xa * scale
             if "di" in spec.transforms:
                 inp = _diverse_input(inp, gens, spec.di_prob)
-            loss = objective.loss(model, inp, state)
+            if with_done:
+                loss, done = objective.loss_and_done(model, inp, state)
+            else:
+                loss = objective.loss(model, inp, state)
             if loss.dim() != 1 or loss.shape[0] != x_adv.shape[0]:
                 raise ValueError(f"objective must return a per-image loss [B], got {tuple(loss.shape)}")
             (g,) = torch.autograd.grad(loss.sum(), xa)
         total += g
-    return total / len(copies)
+    return (total / len(copies), done) if with_done else total / len(copies)

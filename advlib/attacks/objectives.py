@@ -90,10 +90,14 @@ class DAGObjective:
         return state.targets & (logits.argmax(-1) == state.true)
 
     def loss(self, model, x: Tensor, state: DAGState) -> Tensor:
+        return self.loss_and_done(model, x, state)[0]
+
+    def loss_and_done(self, model, x: Tensor, state: DAGState) -> tuple[Tensor, Tensor]:
+        """The loss and, from the same forward pass, which images have no target left to fool."""
         z = model(x).cls_logits  # [B, A, C+1]
         active = self._active(z.detach(), state)
         gap = z.gather(-1, state.adv[..., None]).squeeze(-1) - z.gather(-1, state.true[..., None]).squeeze(-1)
-        return (gap * active).sum(1)
+        return (gap * active).sum(1), ~active.any(1)
 
     def done(self, model, x: Tensor, state: DAGState) -> Tensor:
         return ~self._active(model(x).cls_logits, state).any(1)
