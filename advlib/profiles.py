@@ -251,7 +251,7 @@ BUDGETS: dict[str, Budget] = {
     "smoke": Budget(16, 8, 3, 1, 1, (0, 1), 8, sweep_steps=2),
     # 2 CPU cores, <= 30 min from a cache of STD models: subsets for tables and sweeps, DAG capped
     # at 40 steps, robust recipes fine-tuned 2 epochs from STD
-    "default": Budget(72, 24, 40, 6, 1, (0, 1, 2), 32, recipe_epochs=2),
+    "default": Budget(72, 24, 40, 12, 1, (0, 1, 2), 32, recipe_epochs=2),
     "voc": Budget(4952, 500, 150, 120, 24, (0,), 64),
     "coco": Budget(5000, 500, 150, 60, 12, (0,), 64),
 }
