@@ -11,6 +11,7 @@ from torch import Tensor
 
 from advlib.attacks import AttackSpec, attack, fgsm
 from advlib.losses import batched_box_iou, cls_loss, loc_loss, match_anchors, multibox_terms, pad_targets
+from advlib.robustness import _to, adversarial_images, model_fingerprint
 from advlib.zoo import ResultCache, data_fingerprint
 
 
@@ -87,8 +88,6 @@ def task_interaction(model, images: Tensor, targets: list[dict], eps: float = 8 
     Returns:
         ``{"clean" | "A_cls" | "A_loc": {"accuracy", "mean_iou", "candidates"}}`` plus ``"spec"``.
     """
-    from advlib.robustness import _result_cache, adversarial_images, model_fingerprint
-
     specs = {"A_cls": fgsm("cls", eps), "A_loc": fgsm("loc", eps)}
 
     def compute() -> dict:
@@ -99,28 +98,25 @@ def task_interaction(model, images: Tensor, targets: list[dict], eps: float = 8 
         out["spec"] = {k: v.to_dict() for k, v in specs.items()}
         return out
 
-    return _result_cache(result_cache).cached(compute, kind="task_interaction", model=model_fingerprint(model),
+    return ResultCache.resolve(result_cache).cached(compute, kind="task_interaction", model=model_fingerprint(model),
                                               eps=eps, data=data_fingerprint(images, targets))
 
 
 def gradient_cosines(model, images: Tensor, targets: list[dict], batch_size: int = 16,
                      result_cache: ResultCache | bool | None = None) -> Tensor:
     """MTD Fig. 3b over a set: per-image cosine of the two task gradients -> ``[N]`` (cached)."""
-    from advlib.robustness import _result_cache, model_fingerprint
-
     dev = next(model.parameters()).device
 
     def compute() -> list[float]:
         cos = []
         for i in range(0, images.shape[0], batch_size):
-            tg = [{k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets[i:i + batch_size]]
-            g_cls, g_loc = task_gradients(model, images[i:i + batch_size].to(dev), tg)
+            g_cls, g_loc = task_gradients(model, images[i:i + batch_size].to(dev), _to(dev, targets[i:i + batch_size]))
             cos.append(gradient_cosine(g_cls, g_loc).cpu())
         return torch.cat(cos).tolist() if cos else []
 
-    return torch.tensor(_result_cache(result_cache).cached(compute, kind="gradient_cosines",
-                                                           model=model_fingerprint(model),
-                                                           data=data_fingerprint(images, targets)))
+    return torch.tensor(ResultCache.resolve(result_cache).cached(compute, kind="gradient_cosines",
+                                                                 model=model_fingerprint(model),
+                                                                 data=data_fingerprint(images, targets)))
 
 
 @dataclass

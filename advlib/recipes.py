@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from advlib.attacks import AttackSpec, attack, mda_attack
-from advlib.attacks.engine import run_attack
-from advlib.attacks.objectives import TaskObjective, TaskState
+from advlib.attacks import AttackSpec, attack
 from advlib.losses import match_anchors, multibox_terms, ssd_loss
 from advlib.train import StandardRecipe
 
@@ -37,13 +35,7 @@ class AdversarialRecipe:
 
     def __call__(self, model, images: Tensor, targets: list[dict]) -> Tensor:
         matched = match_anchors(model.anchors, targets, model.box_coder)
-        spec = self.attack_spec
-        if spec.objective in TaskObjective.NAMES:  # reuse this batch's matching for the attack
-            adv = run_attack(model, images, TaskObjective(spec.objective, **spec.kwargs), spec, TaskState(matched))
-        elif spec.objective == "mda":
-            adv = mda_attack(model, images, targets, spec, matched=matched)
-        else:
-            adv = attack(model, images, targets, spec)
+        adv = attack(model, images, targets, self.attack_spec, matched=matched)  # reuses this batch's matching
         model.train()
         loss = ssd_loss(multibox_terms(model(adv), matched)).mean()
         if self.clean_weight > 0:

@@ -218,14 +218,6 @@ class RobustnessTable:
         return {"map": self.frame.to_dict(), "cells": [c.to_dict() for c in self.cells]}
 
 
-def _result_cache(result_cache) -> ResultCache:
-    if result_cache is None or result_cache is True:
-        return ResultCache()
-    if result_cache is False:
-        return ResultCache(enabled=False)
-    return result_cache
-
-
 def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str, AttackSpec | Transfer | None],
                      images: Tensor, targets: list[dict], classes, sources: Mapping[str, torch.nn.Module] | None = None,
                      cache: AdversarialCache | None = None, data_id: str = "", batch_size: int = 32,
@@ -251,7 +243,7 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
         A :class:`RobustnessTable`.
     """
     cache = cache or AdversarialCache()
-    results = _result_cache(result_cache)
+    results = ResultCache.resolve(result_cache)
     pool = {**(sources or {}), **models}
     for col, atk in attacks.items():
         if isinstance(atk, Transfer) and atk.source not in pool:
@@ -319,7 +311,7 @@ def sweep(model, spec: AttackSpec, images: Tensor, targets: list[dict], num_clas
         raise ValueError("give exactly one of eps=[...] or steps=[...]")
     if steps is not None and any(s < 0 for s in steps):
         raise ValueError(f"steps must be >= 0, got {steps}")
-    rows = _result_cache(result_cache).cached(
+    rows = ResultCache.resolve(result_cache).cached(
         lambda: _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_size, progress),
         kind="sweep", model=model_fingerprint(model), spec=spec.to_dict(), data=data_fingerprint(images, targets),
         eps=eps, steps=steps)

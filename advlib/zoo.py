@@ -168,6 +168,15 @@ class ResultCache:
         self.hits = 0
         self.misses = 0
 
+    @classmethod
+    def resolve(cls, arg: "ResultCache | bool | None") -> "ResultCache":
+        """The cache an API argument names: ``None``/``True`` = the project's, ``False`` = off."""
+        if arg is None or arg is True:
+            return cls()
+        if arg is False:
+            return cls(enabled=False)
+        return arg
+
     @staticmethod
     def key(**parts) -> str:
         blob = json.dumps({**parts, "results_version": RESULTS_VERSION}, sort_keys=True, default=str)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from advlib.attacks.engine import AttackSpec, _per_image_rand, image_generators, project, run_attack
+from advlib.attacks.engine import AttackSpec, image_generators, project, run_attack, start_point
 from advlib.attacks.objectives import (DAGObjective, DfoolObjective, RAPObjective, ShrinkObjective,
                                        TaskObjective, TaskState)
 from advlib.losses import cls_loss, loc_loss, match_anchors, multibox_terms, ssd_loss
@@ -31,7 +31,7 @@ def make_objective(spec: AttackSpec):
 
 
 def attack(model, images: Tensor, targets: list[dict] | None, spec: AttackSpec,
-           snapshots: list[int] | None = None, generators: list | None = None):
+           snapshots: list[int] | None = None, generators: list | None = None, matched=None):
     """Craft adversarial examples for a batch.
 
     Args:
@@ -40,14 +40,19 @@ def attack(model, images: Tensor, targets: list[dict] | None, spec: AttackSpec,
         targets: ground truth per image (objectives that use it; ``None`` for dfool/shrink/rap).
         spec: the attack.
         snapshots, generators: see :func:`~advlib.attacks.engine.run_attack`.
+        matched: an anchor matching of ``targets`` the caller already has (e.g. a training
+            batch's); ground-truth objectives reuse it instead of matching again.
 
     Returns:
         ``[B, 3, H, W]`` adversarial images (``{steps: images}`` with ``snapshots``).
     """
     if spec.objective == "mda":
-        return mda_attack(model, images, targets, spec, snapshots, generators)
+        return mda_attack(model, images, targets, spec, snapshots, generators, matched)
     objective = make_objective(spec)
-    state = objective.prepare(model, images, targets)
+    if matched is not None and isinstance(objective, TaskObjective):
+        state = TaskState(matched)
+    else:
+        state = objective.prepare(model, images, targets)
     return run_attack(model, images, objective, spec, state, snapshots, generators)
 
 
@@ -70,15 +75,13 @@ def mda_attack(model, images: Tensor, targets: list[dict], spec: AttackSpec,
         if snapshots is not None and list(snapshots) != [1]:
             raise ValueError(f"snapshots must lie in 1..1, got {snapshots}")
         x_cls, x_loc = _two_domain_step(model, images, matched, spec, generators)
-        pair = {1: (x_cls, x_loc)} if snapshots is not None else None
+        if snapshots is not None:
+            x_cls, x_loc = {1: x_cls}, {1: x_loc}
     else:
-        x_cls = run_attack(model, images, TaskObjective("cls"), spec.replace(objective="cls"), TaskState(matched),
-                           snapshots, generators)
-        x_loc = run_attack(model, images, TaskObjective("loc"), spec.replace(objective="loc"), TaskState(matched),
-                           snapshots, generators)
-        pair = {k: (x_cls[k], x_loc[k]) for k in x_cls} if snapshots is not None else None
-    if pair is not None:
-        return {k: _pick_larger_loss(model, matched, a, b) for k, (a, b) in pair.items()}
+        x_cls, x_loc = (attack(model, images, targets, spec.replace(objective=task), snapshots, generators, matched)
+                        for task in ("cls", "loc"))
+    if snapshots is not None:
+        return {k: _pick_larger_loss(model, matched, x_cls[k], x_loc[k]) for k in x_cls}
     return _pick_larger_loss(model, matched, x_cls, x_loc)
 
 
@@ -88,12 +91,9 @@ def _two_domain_step(model, images: Tensor, matched, spec: AttackSpec, generator
     model.eval()
     x = images.detach()
     try:
+        gens = generators if generators is not None else (image_generators(x, spec.seed) if spec.random_start else [])
         with torch.no_grad():
-            if spec.random_start:
-                gens = generators if generators is not None else image_generators(x, spec.seed)
-                x0 = project(x + spec.eps * (_per_image_rand(gens, tuple(x.shape[1:]), x.device) * 2 - 1), x, spec.eps)
-            else:
-                x0 = x.clone()
+            x0 = start_point(x, spec, gens)
         xa = x0.requires_grad_(True)
         with torch.enable_grad():
             terms = multibox_terms(model(xa), matched)

@@ -153,6 +153,14 @@ def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
 
 
+def start_point(x: Tensor, spec: AttackSpec, gens: list[torch.Generator]) -> Tensor:
+    """Where an attack starts: uniform in the ε-ball (per-image generators) or the clean image."""
+    if not spec.random_start:
+        return x.clone()
+    noise = _per_image_rand(gens, tuple(x.shape[1:]), x.device) * 2 - 1
+    return project(x + spec.eps * noise, x, spec.eps)
+
+
 def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, state=None,
                snapshots: list[int] | None = None, generators: list[torch.Generator] | None = None):
     """Maximise ``objective`` on ``images`` under ``spec``.
@@ -187,11 +195,7 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
     kept: dict[int, Tensor] = {}
     try:
         with torch.no_grad():
-            if spec.random_start:
-                noise = _per_image_rand(gens, tuple(x.shape[1:]), x.device) * 2 - 1
-                x_adv = project(x + spec.eps * noise, x, spec.eps)
-            else:
-                x_adv = x.clone()
+            x_adv = start_point(x, spec, gens)
             active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
             velocity = torch.zeros_like(x)
             kernel = None
