@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["VOCResult", "box_iou_numpy", "evaluate_coco", "evaluate_voc", "plot_pr_curves", "voc_ap"]
+__all__ = ["VOCResult", "box_iou_numpy", "evaluate_coco", "evaluate_voc", "voc_ap"]
 
 _EPS = float(np.finfo(np.float64).eps)
 
@@ -278,44 +278,6 @@ def evaluate_voc(
     valid = ~np.isnan(ap)
     mean_ap = float(ap[valid].mean()) if valid.any() else float("nan")
     return VOCResult(mean_ap, ap, precisions, recalls, npos.astype(np.int64), names, float(iou_threshold), use_07_metric)
-
-
-def plot_pr_curves(result: VOCResult, ax: Any = None, classes: Sequence[int | str] | None = None) -> Any:
-    """Draw per-class precision-recall curves.
-
-    Args:
-        result: output of :func:`evaluate_voc`.
-        ax: matplotlib Axes to draw on (a new figure if None).
-        classes: labels (``1..C``) or class names to draw; default every class with ground truth.
-
-    Returns:
-        The matplotlib Axes.
-    """
-    import matplotlib.pyplot as plt
-
-    n, names = len(result.class_names), list(result.class_names)
-    if classes is None:
-        chosen = [k for k in range(n) if result.npos[k] > 0]
-    else:
-        chosen = []
-        for c in classes:
-            if isinstance(c, str) and c in names:
-                chosen.append(names.index(c))
-            elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 1 <= c <= n:
-                chosen.append(int(c) - 1)
-            else:
-                raise ValueError(f"classes entries must be labels in 1..{n} or names in {names}, got {c!r}")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 4))
-    for k in chosen:
-        ap = result.ap[k]
-        label = f"{result.class_names[k]} (AP={'n/a' if np.isnan(ap) else f'{ap:.3f}'})"
-        ax.plot(result.recall[k], result.precision[k], drawstyle="steps-post", label=label)
-    ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.05), xlabel="recall", ylabel="precision",
-           title=f"PR curves (IoU > {result.iou_threshold:g})")
-    if chosen:
-        ax.legend(loc="lower left", fontsize="small")
-    return ax
 
 
 def evaluate_coco(

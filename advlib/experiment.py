@@ -1,28 +1,34 @@
-"""What a notebook works with: validated parameters, datasets, the model zoo, evaluation.
+"""What a notebook works with: validated parameters, datasets, the model cache, evaluation.
 
 A notebook's parameters cell sets ``profile``, ``data_root``, ``data_format``, ``classes``,
-``device``, ``seed``; ``Experiment(**those)`` validates them, generates the default dataset when
-it is missing, and hands out trained models (from the cache when possible), evaluation tensors
-and mAP. Nothing here is specific to one paper.
+``train_split``, ``test_split``, ``year``, ``image_size``, ``device``, ``seed``;
+``Experiment(**those)`` validates them, generates the default dataset when it is missing, checks
+every image of both splits before anything trains, and hands out trained models (from the cache
+when possible), evaluation tensors and mAP. :func:`setup` does that and prints a summary for a
+notebook. Nothing here is specific to one paper.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
+import warnings
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 from torch import Tensor
 
-from advlib.data import build_dataset, collate
+from advlib.data import build_dataset, collate, resolve_classes, resolve_splits, validate_images
 from advlib.data.synthetic import SyntheticConfig, generate_voc
 from advlib.evaluate import VOCResult
 from advlib.models import SSDDetector, build_ssd
 from advlib.profiles import RunParams, default_data_root, validate_params
-from advlib.robustness import detect_all, mean_ap
 from advlib.recipes import make_recipe
+from advlib.results import display_path, save_figure, save_json
+from advlib.robustness import detect_all, mean_ap
 from advlib.train import Recipe, TrainConfig, train
 from advlib.zoo import ModelZoo
 
@@ -34,67 +40,134 @@ DATA_SEED = 0
 CACHE_BYTES = 3 * 2**30
 
 
+@dataclass
+class TrainedModel:
+    """A detector from the model cache and what made it: ``meta`` holds the cache ``key``, the
+    ``spec``, the training ``history`` and ``train_seconds`` (when it was trained)."""
+
+    model: SSDDetector
+    meta: dict
+
+    @property
+    def key(self) -> str:
+        return self.meta["key"]
+
+
 class Experiment:
     """Datasets, models and evaluation for one set of notebook parameters.
 
     Args:
-        profile, data_root, data_format, classes, device, seed: the notebook parameters
-            (validated by :func:`advlib.profiles.validate_params`).
+        profile, data_root, data_format, classes, device, seed, train_split, test_split, year,
+            image_size: the notebook parameters (see :func:`advlib.profiles.validate_params`).
         zoo_root: model cache directory (default ``data/cache``).
         progress: tqdm bars for training.
         **overrides: profile fields to override (e.g. ``epochs=2``).
     """
 
     def __init__(self, profile: str = "default", data_root=None, data_format: str = "voc", classes=None,
-                 device: str = "auto", seed: int = 0, zoo_root=None, progress: bool = True, **overrides) -> None:
-        self.params: RunParams = validate_params(profile, data_root, data_format, classes, device, seed, **overrides)
-        self.profile = self.params.profile
+                 device: str = "auto", seed: int = 0, zoo_root=None, progress: bool = True,
+                 train_split: str | None = None, test_split: str | None = None, year=None,
+                 image_size: int | None = None, **overrides) -> None:
+        self.params: RunParams = validate_params(profile, data_root, data_format, classes, device, seed,
+                                                 train_split, test_split, year, image_size, **overrides)
         self.device = self.params.device
         self.seed = self.params.seed
         self.zoo = ModelZoo(zoo_root)
         self.progress = progress
         self.timings: dict[str, float] = {}
-        if self.profile.data_format == "synthetic":
+        if self.synthetic:
             self._generate()
+        self.profile = self._with_splits(self.params.profile)
 
     # ------------------------------------------------------------------ data
     @property
     def synthetic(self) -> bool:
-        return self.profile.data_format == "synthetic"
+        return self.params.profile.data_format == "synthetic"
+
+    @property
+    def data_format(self) -> str:
+        return "voc" if self.synthetic else self.params.data_format
 
     def synthetic_config(self) -> SyntheticConfig:
-        p = self.profile
+        p = self.params.profile
         return SyntheticConfig(n_trainval=p.n_trainval, n_test=p.n_test, image_size=p.image_size)
 
     def _generate(self) -> None:
         root = self.params.data_root
-        if root == default_data_root(self.profile):
+        if root == default_data_root(self.params.profile):
             t0 = time.perf_counter()
             generate_voc(root, seed=DATA_SEED, config=self.synthetic_config(), progress=self.progress)
             self.timings["generate_data"] = time.perf_counter() - t0
 
-    def _dataset(self, split: str, classes=None):
-        fmt = "voc" if self.synthetic else self.params.data_format
+    def _with_splits(self, prof):
+        """The profile with its split names resolved against the data (auto-detected when unset)."""
+        train_split, test_split = resolve_splits(self.params.data_root, self.data_format, prof.train_split,
+                                                 prof.test_split, year=self.params.year)
+        return dataclasses.replace(prof, train_split=train_split, test_split=test_split)
+
+    @cached_property
+    def classes(self) -> tuple[str, ...]:
+        """The class list: the ``classes`` parameter (matched to the data's names), else
+        ``classes.txt``, else the names in the annotations of both splits."""
+        if self.params.classes is not None:
+            return self.params.classes
+        return tuple(resolve_classes(self.params.data_root, self.data_format,
+                                     (self.profile.train_split, self.profile.test_split), year=self.params.year))
+
+    def _dataset(self, split: str):
         size = self.profile.image_size
-        ds = build_dataset(self.params.data_root, fmt, split, classes=classes, size=size)
+        ds = build_dataset(self.params.data_root, self.data_format, split, classes=self.classes, size=size,
+                           year=self.params.year)
         ds.cache_images = len(ds) * 3 * size * size < CACHE_BYTES
         return ds
 
     @cached_property
     def train_set(self):
-        return self._dataset(self.profile.train_split, self.params.classes)
+        return self._checked(self._dataset(self.profile.train_split))
 
     @cached_property
     def test_set(self):
-        return self._dataset(self.profile.test_split, self.classes)
+        return self._checked(self._dataset(self.profile.test_split))
 
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return tuple(self.train_set.classes)
+    def _checked(self, ds):
+        t0 = time.perf_counter()
+        validate_images(ds)
+        self.timings[f"validate_{ds.split}"] = time.perf_counter() - t0
+        return ds
+
+    def check_data(self) -> None:
+        """Read both splits and check every image now (before anything trains)."""
+        _ = self.train_set, self.test_set
+        counts = self.train_set.objects_per_class()
+        missing = [c for c, n in zip(self.classes, counts) if n == 0]
+        if missing:
+            warnings.warn(f"classes with no training objects (kept; their AP is reported as "
+                          f"'no training objects'): {missing}", stacklevel=2)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def output(self) -> str:
+        """Where this run's results and figures go, below ``results/`` and ``figures/``: the top
+        folders for the reproduction, ``smoke`` etc. for other profiles on the generated data, and
+        ``<data folder>-<hash>[/<profile>]`` for a user's dataset (never over the reproduction)."""
+        name = self.params.profile.name
+        if not self.params.user_data:
+            return "" if name == "default" else name
+        root = self.params.data_root.expanduser().resolve()
+        digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+        folder = f"{root.name or 'data'}-{digest}"
+        return folder if name == "default" else f"{folder}/{name}"
+
+    def save_json(self, payload: dict, name: str):
+        """Write ``payload`` to this run's results folder; returns the path relative to the project."""
+        return display_path(save_json(payload, name, self.output))
+
+    def save_figure(self, fig, name: str):
+        """Save ``fig`` to this run's figures folder; returns the path relative to the project."""
+        return display_path(save_figure(fig, name, self.output))
 
     def eval_indices(self) -> list[int]:
         """The test images used for tables: the first ``profile.eval_images`` that have objects."""
@@ -108,8 +181,14 @@ class Experiment:
     @cached_property
     def eval_data(self) -> tuple[Tensor, list[dict]]:
         """``(images [N, 3, H, W], targets)`` of the evaluation subset, loaded once."""
-        images, targets = collate([self.test_set[i] for i in self.eval_indices()])
-        return images, targets
+        return collate([self.test_set[i] for i in self.eval_indices()])
+
+    @property
+    def data_id(self) -> str:
+        """The test split's identity as a string (part of adversarial-set keys)."""
+        import json
+
+        return json.dumps(self.test_set.identity(), sort_keys=True)
 
     # ---------------------------------------------------------------- models
     def build(self, backbone: str | None = None, seed: int | None = None) -> SSDDetector:
@@ -119,17 +198,21 @@ class Experiment:
                          pretrained_backbone=self.profile.pretrained_backbone).to(self.device)
 
     def model_spec(self, recipe: Recipe, cfg: TrainConfig, backbone: str, seed: int, parent: str | None) -> dict:
-        return {"recipe": recipe.spec(), "train": cfg.to_dict(), "profile": self.profile.to_dict(),
-                "backbone": backbone, "seed": seed, "parent": parent, "num_classes": self.num_classes,
+        """Everything that determines a trained model (its cache key): recipe, schedule, backbone,
+        input size, seed, parent model, classes and the training data's identity."""
+        return {"recipe": recipe.spec(), "train": cfg.to_dict(), "backbone": backbone,
+                "image_size": self.profile.image_size, "pretrained_backbone": self.profile.pretrained_backbone,
+                "seed": seed, "parent": parent, "num_classes": self.num_classes,
                 "dataset": self.train_set.identity()}
 
-    def model(self, recipe: Recipe | str = "std", backbone: str | None = None, seed: int | None = None,
-              parent: Recipe | str | None = None, cfg: TrainConfig | None = None,
-              parent_cfg: TrainConfig | None = None) -> SSDDetector:
-        """A trained detector from the zoo (trained and cached if missing).
+    def trained(self, recipe: Recipe | str = "std", backbone: str | None = None, seed: int | None = None,
+                parent: Recipe | str | None = None, cfg: TrainConfig | None = None,
+                parent_cfg: TrainConfig | None = None) -> TrainedModel:
+        """A trained detector from the model cache (trained and cached if missing) with its metadata.
 
         Args:
-            recipe: a :class:`~advlib.train.Recipe` or a name (``std``, ``cls``, ``loc``, ``con``, ``mtd``).
+            recipe: a :class:`~advlib.train.Recipe` or a registered name (``std``; papers register
+                more, e.g. ``cls``/``loc``/``con``/``mtd`` with ``import advlib.papers.mtd``).
             backbone: backbone name (default: the profile's).
             seed: training seed (default: the experiment's).
             parent: fine-tune from the model this recipe (or name) trains, same backbone and seed;
@@ -140,17 +223,14 @@ class Experiment:
         recipe = make_recipe(recipe) if isinstance(recipe, str) else recipe
         backbone = backbone or self.profile.backbone
         seed = self.seed if seed is None else seed
-        parent_model, parent_key = None, None
-        if parent is not None:
-            parent_model = self.model(parent, backbone, seed, cfg=parent_cfg)
-            parent_key = self._last_key
+        parent_tm = None if parent is None else self.trained(parent, backbone, seed, cfg=parent_cfg)
         cfg = cfg or TrainConfig.from_profile(self.profile, seed=seed, finetune=parent is not None)
-        spec = self.model_spec(recipe, cfg, backbone, seed, parent_key)
+        spec = self.model_spec(recipe, cfg, backbone, seed, None if parent_tm is None else parent_tm.key)
 
         def build() -> SSDDetector:
             m = self.build(backbone, seed)
-            if parent_model is not None:
-                m.load_state_dict(parent_model.state_dict())
+            if parent_tm is not None:
+                m.load_state_dict(parent_tm.model.state_dict())
             return m
 
         def fit(m: SSDDetector, ckpt_dir) -> dict:
@@ -160,10 +240,12 @@ class Experiment:
             return {"history": hist, "train_seconds": time.perf_counter() - t0}
 
         model, meta = self.zoo.get(spec, build, fit)
-        model.zoo_key = meta["key"]  # identifies it in transfer-set cache keys
-        self._last_key = meta["key"]
-        self.last_meta = meta
-        return model.to(self.device).eval()
+        model.zoo_key = meta["key"]  # identifies it in result and transfer-set cache keys
+        return TrainedModel(model.to(self.device).eval(), meta)
+
+    def model(self, *args, **kwargs) -> SSDDetector:
+        """:meth:`trained`'s detector alone."""
+        return self.trained(*args, **kwargs).model
 
     def finetune_config(self, epochs: int | None = None, seed: int | None = None) -> TrainConfig:
         """The profile's fine-tuning schedule (for recipes started from STD), with ``epochs``
@@ -188,3 +270,30 @@ class Experiment:
         if targets is None:
             raise ValueError("targets are required when images are given")
         return mean_ap(model, images, targets, self.num_classes, use_07_metric, self.classes)
+
+    def describe(self) -> str:
+        """One paragraph on what this run uses (printed by :func:`setup`)."""
+        p = self.profile
+        lines = [f"profile {p.name}: {len(self.train_set)} train ({p.train_split}) / {len(self.test_set)} test "
+                 f"({p.test_split}) images, {self.num_classes} classes, {p.image_size} px, backbone {p.backbone}, "
+                 f"device {self.device}; data {display_path(self.params.data_root)}"]
+        h, w = self.train_set.median_original_size()
+        if max(h, w) > 2 * p.image_size:
+            lines.append(f"note: images (median {w}x{h} px) are resized to {p.image_size}x{p.image_size}; "
+                         f"pass image_size=... for a larger input")
+        if self.params.user_data:
+            lines.append(f"your data: results go to results/{self.output}/ and figures/{self.output}/; "
+                         "the papers' columns are not comparable with these numbers")
+        return "\n".join(lines)
+
+
+def setup(**params) -> Experiment:
+    """A notebook's shared first step: build the :class:`Experiment` from the parameters cell,
+    check the data (every image of both splits) and print what the run uses."""
+    exp = Experiment(**params)
+    exp.check_data()
+    print(exp.describe())
+    return exp
+
+
+__all__ = ["Experiment", "TrainedModel", "setup"]

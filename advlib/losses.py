@@ -192,14 +192,6 @@ def ssd_loss(terms: Terms) -> Tensor:
 REDUCERS = {"multibox": ssd_loss, "cls": cls_loss, "loc": loc_loss}
 
 
-def detection_loss(model, images: Tensor, targets: list[dict[str, Tensor]], reducer: str = "multibox") -> Tensor:
-    """Convenience: forward, match, terms, reduce -> per-image loss ``[B]``."""
-    if reducer not in REDUCERS:
-        raise ValueError(f"unknown reducer {reducer!r}; expected one of {sorted(REDUCERS)}")
-    matched = match_anchors(model.anchors, targets, model.box_coder)
-    return REDUCERS[reducer](multibox_terms(model(images), matched))
-
-
 # --------------------------------------------------------------------------- CWAT reducers
 def object_losses(terms: Terms) -> tuple[Tensor, Tensor, Tensor]:
     """Each object's classification and localisation loss: the mean over its positive anchors.

@@ -1,11 +1,16 @@
-"""Figures the notebooks share: images with boxes, dataset statistics (CWAT Fig. 4 style)."""
+"""Figures the notebooks share: images with boxes, dataset statistics (CWAT Fig. 4 style),
+precision-recall curves, per-class AP charts that stay readable with 80 classes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from advlib.evaluate import VOCResult
 
 _COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
             "#bfef45", "#fabed4", "#469990", "#9a6324", "#800000", "#808000", "#000075"]
@@ -85,3 +90,76 @@ def plot_dataset_statistics(stats: dict[str, np.ndarray], classes: Sequence[str]
     axes[2].set_title("class frequency (long tail)")
     fig.tight_layout()
     return fig
+
+
+def plot_pr_curves(result: "VOCResult", ax: Any = None, classes: Sequence[int | str] | None = None) -> Any:
+    """Draw per-class precision-recall curves.
+
+    Args:
+        result: output of :func:`advlib.evaluate.evaluate_voc`.
+        ax: matplotlib Axes to draw on (a new figure if None).
+        classes: labels (``1..C``) or class names to draw; default every class with ground truth.
+
+    Returns:
+        The matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    n, names = len(result.class_names), list(result.class_names)
+    if classes is None:
+        chosen = [k for k in range(n) if result.npos[k] > 0]
+    else:
+        chosen = []
+        for c in classes:
+            if isinstance(c, str) and c in names:
+                chosen.append(names.index(c))
+            elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 1 <= c <= n:
+                chosen.append(int(c) - 1)
+            else:
+                raise ValueError(f"classes entries must be labels in 1..{n} or names in {names}, got {c!r}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4))
+    for k in chosen:
+        ap = result.ap[k]
+        label = f"{result.class_names[k]} (AP={'n/a' if np.isnan(ap) else f'{ap:.3f}'})"
+        ax.plot(result.recall[k], result.precision[k], drawstyle="steps-post", label=label)
+    ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.05), xlabel="recall", ylabel="precision",
+           title=f"PR curves (IoU > {result.iou_threshold:g})")
+    if chosen:
+        ax.legend(loc="lower left", fontsize="small")
+    return ax
+
+
+def plot_per_class_ap(table, ax: Any = None, max_classes: int = 24, notes: dict | None = None) -> Any:
+    """A per-class AP bar chart that stays readable with many classes (COCO's 80): with more than
+    ``max_classes`` classes only the top and bottom ``max_classes // 2`` by the first column are
+    drawn (the title says so; the full table belongs in the results file).
+
+    Args:
+        table: DataFrame, classes × columns (e.g. clean, attacked) of AP values.
+        ax: matplotlib Axes (a new figure if None).
+        max_classes: most classes drawn.
+        notes: ``{class: text}`` drawn beside a bar (e.g. "no training objects").
+
+    Returns:
+        The matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    shown = table
+    title = "per-class AP"
+    if len(table) > max_classes:
+        order = table.iloc[:, 0].sort_values(ascending=False, na_position="last")
+        half = max_classes // 2
+        shown = table.loc[list(order.index[:half]) + list(order.index[-half:])]
+        title += f" (top and bottom {half} of {len(table)} classes)"
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(shown)), 3.2))
+    shown.plot.bar(ax=ax, width=0.8, rot=60)
+    ax.set_ylabel("AP@0.5")
+    ax.set_title(title)
+    for i, name in enumerate(shown.index):
+        if notes and name in notes:
+            ax.annotate(notes[name], (i, 0.02), rotation=90, fontsize=7, ha="center", va="bottom")
+    ax.tick_params(axis="x", labelsize=7)
+    return ax

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from advlib.train import TrainConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,88 +28,77 @@ class Profile:
     Attributes:
         name: profile name.
         data_format: ``synthetic`` (generated VOC layout), ``voc`` or ``coco``.
-        train_split, test_split: split names (VOC ImageSets/Main names, or COCO ``instances_<split>``).
+        train_split, test_split: split names (VOC ImageSets/Main names, or COCO ``instances_<split>``);
+            ``None``: detected from the data (``trainval``/``test``, ``train``/``val``, ``train``/``test``).
         image_size: square model input in pixels.
         backbone: backbone name for the STD model (see :mod:`advlib.models.backbones`).
-        second_backbone: the other architecture of MTD's Table 3.
-        epochs, batch_size, optimizer, lr, weight_decay, momentum, warmup_frac, schedule,
-        milestones: the training schedule of the STD model.
+        second_backbone: the other architecture (MTD's Table 3, transfer sources).
+        train: the STD model's training schedule (its ``seed`` is replaced by the run's).
         finetune_epochs, finetune_lr: adversarial recipes fine-tune from STD with these.
         n_trainval, n_test: generated dataset size (synthetic only).
         eval_images: test images used for attack tables (``None`` = all).
         attack_steps: PGD steps of the papers' tables (10 in MTD/CWAT/RobustDet).
-        num_workers: DataLoader workers.
         pretrained_backbone: ImageNet backbone weights (real-data profiles).
+        clean_map_floor: below this clean mAP of the STD model, claims that compare attacked
+            models are "not testable on this data".
     """
 
     name: str
     data_format: str
-    train_split: str
-    test_split: str
+    train_split: str | None
+    test_split: str | None
     image_size: int
     backbone: str
     second_backbone: str
-    epochs: int
-    batch_size: int
-    optimizer: str
-    lr: float
-    weight_decay: float
-    momentum: float = 0.9
-    warmup_frac: float = 0.04
-    schedule: str = "cosine"
-    milestones: tuple[float, ...] = ()
+    train: TrainConfig
     finetune_epochs: int = 4
     finetune_lr: float = 1e-3
     n_trainval: int = 0
     n_test: int = 0
     eval_images: int | None = None
     attack_steps: int = 10
-    num_workers: int = 0
     pretrained_backbone: bool = False
-    augment: bool = True
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    clean_map_floor: float = 0.2
 
     def to_dict(self) -> dict:
-        """JSON-friendly view (part of every cache key and results file)."""
+        """JSON-friendly view (written beside every result)."""
         d = dataclasses.asdict(self)
-        d["milestones"] = list(self.milestones)
+        d["train"] = self.train.to_dict()
         return d
 
 
+_ADAMW = TrainConfig(epochs=12, batch_size=32, optimizer="adamw", lr=3e-3, weight_decay=0.05)
+# The papers' setting: SSD300 VGG16, SGD momentum 0.9, weight decay 5e-4, lr 1e-3 with step
+# decay (MTD trains from an ImageNet backbone; CWAT/RobustDet fine-tune from STD).
+_SGD = TrainConfig(epochs=120, batch_size=32, optimizer="sgd", lr=1e-3, weight_decay=5e-4, schedule="step",
+                   milestones=(0.67, 0.83), num_workers=4)
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
-        name="smoke", data_format="synthetic", train_split="trainval", test_split="test",
-        image_size=64, backbone="tiny_vgg", second_backbone="tiny_resnet", epochs=3, batch_size=32,
-        optimizer="adamw", lr=3e-3, weight_decay=0.05, finetune_epochs=1, finetune_lr=1e-3,
-        n_trainval=160, n_test=32, eval_images=32, attack_steps=2,
+        name="smoke", data_format="synthetic", train_split="trainval", test_split="test", image_size=64,
+        backbone="tiny_vgg", second_backbone="tiny_resnet", train=dataclasses.replace(_ADAMW, epochs=3),
+        finetune_epochs=1, n_trainval=160, n_test=32, eval_images=32, attack_steps=2, clean_map_floor=0.0,
     ),
     "default": Profile(
-        name="default", data_format="synthetic", train_split="trainval", test_split="test",
-        image_size=128, backbone="tiny_vgg", second_backbone="tiny_resnet", epochs=12, batch_size=32,
-        optimizer="adamw", lr=3e-3, weight_decay=0.05, finetune_epochs=3, finetune_lr=1e-3,
+        name="default", data_format="synthetic", train_split="trainval", test_split="test", image_size=128,
+        backbone="tiny_vgg", second_backbone="tiny_resnet", train=_ADAMW, finetune_epochs=3,
         n_trainval=3000, n_test=500, eval_images=500, attack_steps=10,
     ),
-    # The papers' setting: SSD300 VGG16, SGD momentum 0.9, weight decay 5e-4, lr 1e-3 with step
-    # decay (MTD trains from an ImageNet backbone; CWAT/RobustDet fine-tune from STD).
     "voc": Profile(
-        name="voc", data_format="voc", train_split="trainval", test_split="test",
-        image_size=300, backbone="vgg16", second_backbone="resnet50", epochs=120, batch_size=32,
-        optimizer="sgd", lr=1e-3, weight_decay=5e-4, schedule="step", milestones=(0.67, 0.83),
-        finetune_epochs=24, finetune_lr=1e-3, eval_images=None, num_workers=4,
-        pretrained_backbone=True,
+        name="voc", data_format="voc", train_split=None, test_split=None, image_size=300, backbone="vgg16",
+        second_backbone="resnet50", train=_SGD, finetune_epochs=24, eval_images=None, pretrained_backbone=True,
     ),
     "coco": Profile(
-        name="coco", data_format="coco", train_split="train2017", test_split="val2017",
-        image_size=300, backbone="vgg16", second_backbone="resnet50", epochs=60, batch_size=32,
-        optimizer="sgd", lr=1e-3, weight_decay=5e-4, schedule="step", milestones=(0.67, 0.83),
-        finetune_epochs=12, finetune_lr=1e-3, eval_images=5000, num_workers=4,
-        pretrained_backbone=True,
+        name="coco", data_format="coco", train_split=None, test_split=None, image_size=300, backbone="vgg16",
+        second_backbone="resnet50", train=dataclasses.replace(_SGD, epochs=60), finetune_epochs=12,
+        eval_images=5000, pretrained_backbone=True,
     ),
 }
 
 
 def get_profile(name: str, **overrides) -> Profile:
-    """Look up a profile by name, optionally overriding fields (validated).
+    """Look up a profile by name, optionally overriding fields (validated). Fields of the
+    training schedule (``epochs``, ``lr``, ``batch_size``, ...) override ``profile.train``.
 
     Raises:
         ValueError: unknown profile or unknown/ill-typed override.
@@ -115,17 +106,19 @@ def get_profile(name: str, **overrides) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; expected one of {sorted(PROFILES)}")
     base = PROFILES[name]
-    fields = {f.name: f for f in dataclasses.fields(Profile)}
+    own = {f.name for f in dataclasses.fields(Profile)} - {"train"}
+    sched = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
     for key, value in overrides.items():
-        if key not in fields:
-            raise ValueError(f"unknown profile field {key!r}; fields are {sorted(fields)}")
-        current = getattr(base, key)
+        if key not in own | sched:
+            raise ValueError(f"unknown profile field {key!r}; fields are {sorted(own | sched)}")
+        current = getattr(base, key) if key in own else getattr(base.train, key)
         if current is not None and value is not None and isinstance(current, (int, float)) \
-                and not isinstance(value, (int, float)):
+                and not isinstance(current, bool) and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise ValueError(f"profile field {key!r} expects a number, got {value!r}")
-    prof = dataclasses.replace(base, **overrides)
-    if prof.epochs < 1 or prof.batch_size < 1 or prof.image_size < 32:
-        raise ValueError(f"profile {name!r}: epochs, batch_size must be >= 1 and image_size >= 32")
+    train = dataclasses.replace(base.train, **{k: v for k, v in overrides.items() if k in sched})
+    prof = dataclasses.replace(base, train=train, **{k: v for k, v in overrides.items() if k in own})
+    if prof.image_size < 32:
+        raise ValueError(f"profile {name!r}: image_size must be >= 32, got {prof.image_size}")
     return prof
 
 
@@ -157,6 +150,8 @@ class RunParams:
     classes: tuple[str, ...] | None
     device: torch.device
     seed: int
+    year: str | None = None
+    user_data: bool = False
 
 
 def validate_params(
@@ -166,6 +161,10 @@ def validate_params(
     classes=None,
     device: str = "auto",
     seed: int = 0,
+    train_split: str | None = None,
+    test_split: str | None = None,
+    year: str | int | None = None,
+    image_size: int | None = None,
     **overrides,
 ) -> RunParams:
     """Check a notebook's parameters and resolve defaults, with clear errors.
@@ -175,11 +174,24 @@ def validate_params(
         data_root: dataset root; ``None`` means the generated dataset of the profile (synthetic
             profiles) and is an error for real-data profiles.
         data_format: ``voc`` or ``coco`` (the generated dataset is VOC layout).
-        classes: ``None`` (from the data), a list of names, or a comma-separated string.
+        classes: ``None`` (from the data), a list of names, or a comma-separated string; a subset
+            of the dataset's classes selects them (matched case-insensitively).
         device: ``auto``, ``cpu``, ``cuda``...
         seed: non-negative int.
+        train_split, test_split: split names; ``None`` detects them from the data.
+        year: VOC year when ``data_root`` holds a ``VOCdevkit`` with several years.
+        image_size: model input in pixels (``None``: the profile's).
         **overrides: profile fields to override (e.g. ``epochs=2``).
     """
+    if image_size is not None:
+        if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 32:
+            raise ValueError(f"image_size must be an int >= 32 (pixels), got {image_size!r}")
+        overrides["image_size"] = image_size
+    for name, split in (("train_split", train_split), ("test_split", test_split)):
+        if split is not None and (not isinstance(split, str) or not split.strip() or "/" in split):
+            raise ValueError(f"{name} must be a split name such as 'train' or 'val2017', got {split!r}")
+    if year is not None and not str(year).isdigit():
+        raise ValueError(f"year must be like 2007 or 2012, got {year!r}")
     prof = get_profile(profile, **overrides)
     if data_format not in ("voc", "coco"):
         raise ValueError(f"data_format must be 'voc' or 'coco', got {data_format!r}")
@@ -188,10 +200,11 @@ def validate_params(
     if isinstance(classes, str):
         classes = tuple(c.strip() for c in classes.split(",") if c.strip())
     elif classes is not None:
-        classes = tuple(str(c) for c in classes)
-    if classes is not None and (len(classes) == 0 or len(set(classes)) != len(classes)):
-        raise ValueError(f"classes must be non-empty and unique, got {classes!r}")
-    if data_root is None or str(data_root) == "":
+        classes = tuple(str(c).strip() for c in classes)
+    if classes is not None and (len(classes) == 0 or len({c.lower() for c in classes}) != len(classes)):
+        raise ValueError(f"classes must be non-empty and unique (case-insensitively), got {classes!r}")
+    user_data = not (data_root is None or str(data_root) == "")
+    if not user_data:
         if prof.data_format != "synthetic":
             raise ValueError(f"profile {profile!r} needs data_root (a {prof.data_format.upper()} dataset)")
         root = default_data_root(prof)
@@ -200,28 +213,26 @@ def validate_params(
         root = Path(data_root).expanduser()
         if not root.exists():
             raise FileNotFoundError(f"data_root {str(root)!r} does not exist")
-        if prof.data_format == "synthetic":
-            # A user's own data with a small profile: read it in the format they name.
-            prof = dataclasses.replace(prof, data_format=data_format)
-    if prof.data_format == "coco" or data_format == "coco":
-        if prof.train_split == "trainval":
-            prof = dataclasses.replace(prof, train_split="train2017", test_split="val2017")
-    return RunParams(prof, root, data_format, classes, resolve_device(device), seed)
+        # a user's own data: read it in the format they name, splits detected unless given
+        prof = dataclasses.replace(prof, data_format=data_format, train_split=None, test_split=None)
+    if train_split is not None or test_split is not None:
+        prof = dataclasses.replace(prof, train_split=train_split or prof.train_split,
+                                   test_split=test_split or prof.test_split)
+    return RunParams(prof, root, data_format, classes, resolve_device(device), seed,
+                     None if year is None else str(year), user_data)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Evaluation budgets of the paper notebooks (kept out of :class:`Profile` so that changing
-    them never invalidates a trained model's cache key).
+    """Evaluation budget of a paper notebook (kept out of :class:`Profile` so that changing it
+    never invalidates a trained model's cache key). A paper module adds its own fields in a
+    budget of its own (e.g. :class:`advlib.papers.mtd.MTDBudget`).
 
     Attributes:
         table_images: test images for the robustness tables.
         sweep_images: test images for the steps/ε sweeps.
-        dag_steps: DAG's iteration cap (150 in the papers).
-        second_backbone_epochs: STD epochs of the second architecture (MTD Table 3/5).
-        second_finetune_epochs: its MTD fine-tuning epochs.
+        dag_steps: DAG's iterations (signed steps; 10 in the papers' tables, 20 in the voc budget).
         seeds: seeds for the seed-variance rows.
-        tsne_starts: random starts per task domain in MTD Fig. 4.
         sweep_steps: PGD steps of the sweeps (the papers: 20).
         recipe_epochs: fine-tuning epochs of the adversarial recipes (``None``: the profile's
             ``finetune_epochs``).
@@ -230,15 +241,12 @@ class Budget:
     table_images: int
     sweep_images: int
     dag_steps: int
-    second_backbone_epochs: int
-    second_finetune_epochs: int
     seeds: tuple[int, ...]
-    tsne_starts: int
     sweep_steps: int = 20
     recipe_epochs: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("table_images", "sweep_images", "dag_steps", "tsne_starts", "sweep_steps"):
+        for name in ("table_images", "sweep_images", "dag_steps", "sweep_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Budget.{name} must be >= 1, got {getattr(self, name)}")
         if not self.seeds:
@@ -248,12 +256,11 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(16, 8, 3, 1, 1, (0, 1), 8, sweep_steps=2),
-    # 2 CPU cores, <= 30 min from a cache of STD models: subsets for tables and sweeps, DAG capped
-    # at 40 steps, robust recipes fine-tuned 2 epochs from STD
-    "default": Budget(72, 24, 40, 12, 1, (0, 1, 2), 32, recipe_epochs=2),
-    "voc": Budget(4952, 500, 150, 120, 24, (0,), 64),
-    "coco": Budget(5000, 500, 150, 60, 12, (0,), 64),
+    "smoke": Budget(table_images=16, sweep_images=8, dag_steps=3, seeds=(0, 1), sweep_steps=2),
+    # 2 CPU cores: subsets of the test split for tables and sweeps, three seeds
+    "default": Budget(table_images=72, sweep_images=24, dag_steps=10, seeds=(0, 1, 2), recipe_epochs=2),
+    "voc": Budget(table_images=4952, sweep_images=500, dag_steps=20, seeds=(0,)),
+    "coco": Budget(table_images=5000, sweep_images=500, dag_steps=20, seeds=(0,)),
 }
 
 

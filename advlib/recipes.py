@@ -1,11 +1,10 @@
-"""Training recipes: a batch -> a loss. The one loop in :mod:`advlib.train` runs them all.
+"""Training recipes by name: a recipe turns a batch into a loss; the one loop in
+:mod:`advlib.train` runs them all.
 
-- ``std``: clean multibox loss (:class:`advlib.train.StandardRecipe`).
-- ``cls`` / ``loc`` / ``con``: adversarial training on A_cls, A_loc or the multibox loss (MTD's
-  single-domain baselines; CON is conventional task-agnostic adversarial training).
-- ``mtd``: MTD Algorithm 1: a random start in the ε-ball, one FGSM step of size ε inside each
-  task domain, per image the example with the larger multibox loss, trained on with the
-  multibox loss. ``steps > 1`` gives the PGD-k variant used by CWAT's re-implementation.
+The core registers ``std`` (the clean multibox loss) and provides :class:`AdversarialRecipe`
+(train on the adversarial examples of any attack spec). Papers register their own recipes as
+configurations of it in their modules (``advlib.papers.mtd`` registers ``cls``, ``loc``, ``con``
+and ``mtd``): ``RECIPES.add("name", factory)``, where ``factory(**params)`` returns a recipe.
 """
 
 from __future__ import annotations
@@ -14,7 +13,12 @@ from torch import Tensor
 
 from advlib.attacks import AttackSpec, attack
 from advlib.losses import match_anchors, multibox_terms, ssd_loss
-from advlib.train import StandardRecipe
+from advlib.registry import Registry
+from advlib.train import Recipe, StandardRecipe
+
+#: recipe name -> factory(**params) -> Recipe
+RECIPES: Registry = Registry("recipe")
+RECIPES.add("std", StandardRecipe)
 
 
 class AdversarialRecipe:
@@ -23,7 +27,7 @@ class AdversarialRecipe:
     attack and the loss.
 
     Args:
-        name: recipe name (``cls``, ``loc``, ``con``, ``mtd``...).
+        name: recipe name (part of the model-cache key).
         spec: the attack that makes the training examples.
         clean_weight: weight of an extra clean multibox loss (0 = adversarial only, as MTD).
     """
@@ -47,24 +51,13 @@ class AdversarialRecipe:
         return {"recipe": self.name, "attack": self.attack_spec.to_dict(), "clean_weight": self.clean_weight}
 
 
-def mtd_attack_spec(eps: float = 8 / 255, steps: int = 1, step_size: float | None = None, seed: int = 0) -> AttackSpec:
-    """The MTD training attack: random start, ``steps`` signed steps (1 step of ε by default)."""
-    return AttackSpec("mda", eps=eps, step_size=eps if (steps == 1 and step_size is None) else (step_size or 2 / 255),
-                      steps=steps, random_start=True, seed=seed)
+def make_recipe(name: str, **params) -> Recipe:
+    """The recipe registered as ``name``, built with ``params`` (checked by name).
+
+    Raises:
+        ValueError: unknown recipe (the registered names are listed) or unknown parameter.
+    """
+    return RECIPES.build(name, **params)
 
 
-def make_recipe(name: str, eps: float = 8 / 255, steps: int = 1, seed: int = 0):
-    """A recipe by name: ``std``, ``cls``, ``loc``, ``con``, ``mtd`` (MTD's Table 2 rows)."""
-    if name == "std":
-        return StandardRecipe()
-    step = eps if steps == 1 else 2 / 255
-    task = {"cls": "cls", "loc": "loc", "con": "multibox"}
-    if name in task:
-        return AdversarialRecipe(name, AttackSpec(task[name], eps=eps, step_size=step, steps=steps,
-                                                  random_start=True, seed=seed))
-    if name == "mtd":
-        return AdversarialRecipe("mtd", mtd_attack_spec(eps, steps, seed=seed))
-    raise ValueError(f"unknown recipe {name!r}; expected std, cls, loc, con or mtd")
-
-
-__all__ = ["AdversarialRecipe", "make_recipe", "mtd_attack_spec"]
+__all__ = ["AdversarialRecipe", "RECIPES", "make_recipe"]

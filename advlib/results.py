@@ -1,9 +1,12 @@
 """Tables, figures and claim verdicts written by the notebooks.
 
-The default profile writes to ``results/`` and ``figures/``; every other profile writes to
-``results/<profile>/`` and ``figures/<profile>/`` so a smoke run (CI) never overwrites the
-reproduction. A results file holds, per table, our numbers, the paper's numbers, the attack specs
-that produced every cell, and the paper's claims with verdicts computed from the same run.
+The reproduction (default profile, generated data) writes to ``results/`` and ``figures/``;
+every other run writes to a folder of its own below them (``results/smoke/``, and for a user's
+dataset ``results/<data-folder>-<hash>/`` plus ``/<profile>`` for a non-default profile), so
+nothing overwrites the committed reproduction. A results file holds, per table, our numbers,
+the paper's numbers (:class:`Reported`), the attack specs that produced every cell, and the
+paper's claims with verdicts computed from the same run. Paths are stored relative to the
+project root (:func:`display_path`): nothing committed names a machine's folders.
 """
 
 from __future__ import annotations
@@ -20,14 +23,27 @@ import numpy as np
 from advlib.profiles import PROJECT_ROOT
 
 
-def output_dir(kind: str, profile: str) -> Path:
-    """``results``/``figures`` directory for a profile (created)."""
+def output_dir(kind: str, run: str = "") -> Path:
+    """The ``results``/``figures`` folder of a run (created): the top folder for the reproduction
+    (``run`` empty or ``"default"``), else ``<kind>/<run>`` (e.g. ``smoke``, ``myvoc-1a2b3c4d``)."""
     if kind not in ("results", "figures"):
         raise ValueError(f"kind must be 'results' or 'figures', got {kind!r}")
+    if run and (Path(run).is_absolute() or ".." in Path(run).parts):
+        raise ValueError(f"run folder must be a relative name, got {run!r}")
     base = Path(os.environ.get("ADVLIB_OUTPUT_ROOT", PROJECT_ROOT)) / kind
-    d = base if profile == "default" else base / profile
+    d = base if run in ("", "default") else base / run
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the project root when it lies inside it (POSIX form), else unchanged:
+    what results, identities and notebook output store instead of a machine's absolute path."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(PROJECT_ROOT.resolve()).as_posix()
+    except (ValueError, OSError):
+        return str(path)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -58,18 +74,18 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def save_json(payload: dict, name: str, profile: str) -> Path:
-    """Write ``results[/<profile>]/<name>`` atomically and return its path."""
-    path = output_dir("results", profile) / name
+def save_json(payload: dict, name: str, run: str = "") -> Path:
+    """Write ``results[/<run>]/<name>`` atomically and return its path."""
+    path = output_dir("results", run) / name
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_jsonable(payload), indent=1, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(to_jsonable(payload), indent=1, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
-def save_figure(fig, name: str, profile: str, pdf: bool = False) -> Path:
-    """Save a matplotlib figure as ``figures[/<profile>]/<name>.png`` (and ``.pdf``)."""
-    d = output_dir("figures", profile)
+def save_figure(fig, name: str, run: str = "", pdf: bool = False) -> Path:
+    """Save a matplotlib figure as ``figures[/<run>]/<name>.png`` (and ``.pdf``)."""
+    d = output_dir("figures", run)
     path = d / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     if pdf:
@@ -79,23 +95,30 @@ def save_figure(fig, name: str, profile: str, pdf: bool = False) -> Path:
 
 @dataclass
 class Claim:
-    """A paper's claim, the numbers of this run that test it, and the verdict they give."""
+    """A paper's claim, the numbers of this run that test it, and the verdict they give.
+
+    ``holds`` is ``None`` when the run cannot test the claim: numbers missing (NaN), or the data
+    does not allow it (``untestable`` gives the reason, see :func:`gate_claims`).
+    """
 
     claim: str
     holds: bool | None
     numbers: dict = field(default_factory=dict)
     source: str = ""
     note: str = ""
+    untestable: str = ""
 
     @property
     def verdict(self) -> str:
+        if self.untestable:
+            return "not testable on this data"
         if self.holds is None:
             return "not tested"
         return "confirmed" if self.holds else "not confirmed"
 
     def to_dict(self) -> dict:
         return {"claim": self.claim, "verdict": self.verdict, "numbers": to_jsonable(self.numbers),
-                "source": self.source, "note": self.note}
+                "source": self.source, "note": self.untestable or self.note}
 
 
 def check(claim: str, holds, source: str = "", note: str = "", **numbers) -> Claim:
@@ -106,6 +129,65 @@ def check(claim: str, holds, source: str = "", note: str = "", **numbers) -> Cla
     if any(isinstance(v, float) and math.isnan(v) for v in numbers.values()):
         holds = None
     return Claim(claim, None if holds is None else bool(holds), numbers, source, note)
+
+
+def gate_claims(claims: list[Claim], clean_map: float, floor: float) -> list[Claim]:
+    """Mark every claim "not testable on this data" when the STD model's clean mAP is below
+    ``floor`` (a profile setting): comparisons of attacked models are noise on a detector that
+    detects nothing. The numbers are kept; the reason names both values."""
+    if clean_map >= floor:
+        return claims
+    reason = f"STD clean mAP {clean_map:.3f} is below the floor {floor:.2f} of this profile"
+    return [Claim(c.claim, None, c.numbers, c.source, c.note, reason) for c in claims]
+
+
+@dataclass(frozen=True)
+class Reported:
+    """A paper's reported table as data: rows × columns of numbers, where they come from and the
+    setting they were measured in.
+
+    Attributes:
+        source: e.g. ``"MTD Table 2"``.
+        setting: the paper's setting in words (dataset, model, ε).
+        dataset: short dataset name for column labels (``"VOC07"``).
+        values: ``{row: {column: number}}`` as printed in the paper.
+        scale: what to divide the printed numbers by for mAP in ``[0, 1]`` (100 for percent).
+    """
+
+    source: str
+    setting: str
+    dataset: str
+    values: dict
+    scale: float = 1.0
+
+    @property
+    def label(self) -> str:
+        """Column-group label beside our numbers, e.g. ``paper (VOC07)``."""
+        return f"paper ({self.dataset})"
+
+    def frame(self):
+        """The table as a DataFrame in ``[0, 1]`` units (rows in the paper's order)."""
+        import pandas as pd
+
+        return pd.DataFrame.from_dict(self.values, orient="index") / self.scale
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "setting": self.setting, "dataset": self.dataset,
+                "values": self.frame().to_dict(orient="index")}
+
+
+def mean_std_table(rows, index: str = "model", columns: str = "attack", values: str = "map"):
+    """Seed-variance table: ``mean ± std`` (sample std over the seeds) per index × column, plus
+    the number of seeds as ``n``."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    g = df.groupby([index, columns])[values]
+    mean, std, n = g.mean().unstack(), g.std(ddof=1).unstack(), g.count().unstack()
+    order_i, order_c = list(dict.fromkeys(df[index])), list(dict.fromkeys(df[columns]))
+    out = mean.loc[order_i, order_c].round(3).astype(str) + " ± " + std.loc[order_i, order_c].round(3).astype(str)
+    out["n"] = n.loc[order_i].min(axis=1)
+    return out
 
 
 def scorecard(claims: list[Claim]):

@@ -72,21 +72,12 @@ class TrainConfig:
 
     @classmethod
     def from_profile(cls, profile, seed: int = 0, finetune: bool = False) -> "TrainConfig":
-        """The STD schedule of a profile, or its fine-tuning schedule for adversarial recipes."""
-        return cls(
-            epochs=profile.finetune_epochs if finetune else profile.epochs,
-            batch_size=profile.batch_size,
-            optimizer=profile.optimizer,
-            lr=profile.finetune_lr if finetune else profile.lr,
-            weight_decay=profile.weight_decay,
-            momentum=profile.momentum,
-            warmup_frac=0.0 if finetune else profile.warmup_frac,
-            schedule=profile.schedule,
-            milestones=tuple(profile.milestones),
-            augment=profile.augment,
-            seed=seed,
-            num_workers=profile.num_workers,
-        )
+        """The STD schedule of a profile (``profile.train``), or its fine-tuning schedule for
+        adversarial recipes (``finetune_epochs`` at ``finetune_lr``, no warm-up)."""
+        cfg = dataclasses.replace(profile.train, seed=seed)
+        if finetune:
+            cfg = dataclasses.replace(cfg, epochs=profile.finetune_epochs, lr=profile.finetune_lr, warmup_frac=0.0)
+        return cfg
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

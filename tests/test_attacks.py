@@ -86,9 +86,9 @@ def test_bad_specs_raise():
         AttackSpec("cls", eps=0.1, step_size=0.01, steps=1, update="l2")
     with pytest.raises(ValueError, match="transforms"):
         AttackSpec("cls", eps=0.1, step_size=0.01, steps=1, transforms=("jpeg",))
-    with pytest.raises(ValueError, match="unknown objective"):
+    with pytest.raises(ValueError, match="unknown attack objective .nope.; registered: .*cls"):
         attack(make_model(), torch.rand(1, 3, 64, 64), None, pgd("nope"))
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ValueError, match="unknown attack preset"):
         preset("FGSM++")
 
 
@@ -165,13 +165,13 @@ def test_cwa_class_means_by_hand():
 # ------------------------------------------------------------------------------- DAG
 def test_dag_labels_are_never_true_and_fooled_targets_stop(model, batch):
     x, targets = batch
-    obj = DAGObjective(seed=0)
+    obj = DAGObjective(until="argmax")
     state = obj.prepare(model, x, targets)
     assert state.targets.any()
     assert (state.adv[state.targets] != state.true[state.targets]).all()
     assert ((state.adv >= 1) & (state.adv <= 12)).all()
     # a fooled target does not contribute: make every target already fooled -> loss 0, gradient 0
-    fooled = DAGObjective(seed=0).prepare(model, x, targets)
+    fooled = obj.prepare(model, x, targets)
     with torch.no_grad():
         pred = model(x).cls_logits.argmax(-1)
     fooled.true = torch.where(fooled.targets, (pred % 12) + 1, fooled.true)  # true != prediction
@@ -185,10 +185,71 @@ def test_dag_labels_are_never_true_and_fooled_targets_stop(model, batch):
     assert torch.isfinite(adv).all() and torch.equal(adv, x)  # nothing to fool: no step, no NaN
 
 
-def test_dag_spec_is_bounded_linf_with_early_stop():
+def test_dag_score_rule_keeps_a_target_until_its_true_probability_is_below_the_threshold(model, batch):
+    x, targets = batch
+    obj = DAGObjective()  # until="score", threshold = the model's score threshold
+    state = obj.prepare(model, x, targets)
+    assert state.stop_prob == pytest.approx(model.score_thresh)
+    with torch.no_grad():
+        z = model(x).cls_logits
+    p_true = torch.softmax(z, -1).gather(-1, state.true[..., None]).squeeze(-1)
+    active = obj._active(z, state)
+    assert torch.equal(active, state.targets & (p_true >= model.score_thresh))
+    # the argmax rule (original DAG) drops a target as soon as another class wins
+    argmax_state = DAGObjective(until="argmax").prepare(model, x, targets)
+    assert argmax_state.stop_prob is None
+    assert torch.equal(DAGObjective(until="argmax")._active(z, argmax_state),
+                       state.targets & (z.argmax(-1) == state.true))
+    with pytest.raises(ValueError, match="until"):
+        DAGObjective(until="flip")
+    with pytest.raises(ValueError, match="stop_prob"):
+        DAGObjective(stop_prob=1.5)
+
+
+def test_dag_presets_sign_steps_and_the_original_labelled_apart():
     s = preset("DAG")
-    assert s.update == "linf" and s.steps == 150 and s.early_stop and s.eps == pytest.approx(8 / 255)
-    assert s.step_size == pytest.approx(0.5 / 255)
+    assert s.update == "sign" and s.steps == 10 and s.early_stop and not s.random_start
+    assert s.eps == pytest.approx(8 / 255) and s.step_size == pytest.approx(2 / 255)
+    o = preset("DAG-orig")
+    assert o.update == "linf" and o.steps == 150 and o.step_size == pytest.approx(0.5 / 255)
+    assert o.kwargs == {"until": "argmax"}
+
+
+def test_rap_shape_target_geometry_by_hand():
+    from advlib.attacks.objectives import box_shift_in_offsets, shifted_box_iou
+
+    # the old target: tau = (1, 1, -1, -1) encoded with weights (10, 10, 5, 5) is a move of 0.1
+    # box and a scale of exp(-1/5); the new default a move of 0.3 box and a scale of 0.55
+    assert box_shift_in_offsets(0.1, math.exp(-0.2), (10, 10, 5, 5)) == pytest.approx((1, 1, -1, -1))
+    assert box_shift_in_offsets(0.3, 0.55, (10, 10, 5, 5)) == pytest.approx((3, 3, 5 * math.log(0.55),
+                                                                             5 * math.log(0.55)))
+    # unit box vs a box of side s centred at 0.5 + d: overlap side = 1 - (0.5 + d - s/2) when it
+    # pokes out past 1; IoU = inter / (1 + s^2 - inter)
+    s, d = 0.55, 0.3
+    side = 1 - (0.5 + d - s / 2)
+    assert shifted_box_iou(d, s) == pytest.approx(side**2 / (1 + s * s - side**2))
+    assert shifted_box_iou(0.3, 0.55) < 0.5 < shifted_box_iou(0.1, math.exp(-0.2))
+    assert shifted_box_iou(0.0, 1.0) == pytest.approx(1.0)
+
+
+def test_unknown_attack_parameters_are_named():
+    with pytest.raises(ValueError, match="'betta'"):
+        make_objective(pgd("cwa", betta=6.0))
+    with pytest.raises(ValueError, match="'seeds'"):
+        make_objective(AttackSpec("dag", 8 / 255, 2 / 255, 2, params=(("seeds", 1),)))
+    with pytest.raises(ValueError, match="'shift_px'"):
+        make_objective(AttackSpec("rap", 8 / 255, 2 / 255, 2, params=(("shift_px", 1),)))
+    with pytest.raises(ValueError, match="no field 'step'"):
+        preset("A_cls", step=3)
+    with pytest.raises(ValueError, match="registered: .*A_cls"):
+        preset("A-cls")
+
+
+def test_presets_are_data():
+    from advlib.attacks import PRESETS
+
+    assert PRESETS["A_cls"].replace(steps=20).steps == 20 and PRESETS["A_cls"].steps == 10
+    assert preset("A_cls", seed=3) == PRESETS["A_cls"].replace(seed=3)
 
 
 # ---------------------------------------------------------------- batch == per image
@@ -260,7 +321,11 @@ def test_dag_success_check_shares_the_loss_forward(model, batch, monkeypatch):
     # separate check-then-step loop, with one forward per step instead of two
     x, targets = batch
 
-    class Separate:
+    from advlib.attacks import Objective
+
+    class Separate(Objective):
+        has_done = True
+
         def __init__(self, inner):
             self.inner = inner
 
@@ -270,7 +335,7 @@ def test_dag_success_check_shares_the_loss_forward(model, batch, monkeypatch):
         def done(self, m, xx, st):
             return self.inner.done(m, xx, st)
 
-    obj = DAGObjective(seed=0)
+    obj = DAGObjective()
     state = obj.prepare(model, x, targets)
     spec = preset("DAG", steps=6).replace(step_size=4 / 255)
     forwards = []

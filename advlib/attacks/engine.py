@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advlib.utils import eval_mode
+
 UPDATES = ("sign", "l1", "linf")
 TRANSFORMS = ("di", "ti", "si")
 
@@ -168,8 +170,8 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
     Args:
         model: the attacked detector; put in eval mode for the attack and restored after.
         images: ``[B, 3, H, W]`` in ``[0, 1]``.
-        objective: has ``loss(model, x, state) -> [B]`` and optionally ``done(model, x, state)
-            -> [B] bool`` (early stop) and ``update(spec, grad) -> grad`` hooks.
+        objective: an :class:`~advlib.attacks.objectives.Objective`: ``loss(model, x, state) ->
+            [B]``, and ``done`` / ``loss_and_done`` for early stopping where it declares them.
         spec: the attack settings.
         state: the objective's prepared state (``objective.prepare(model, images, targets)``).
         snapshots: step counts at which to keep a copy (a k-step PGD is the first k steps of a
@@ -185,15 +187,13 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
         raise ValueError(f"snapshots must lie in 1..{spec.steps}, got {snapshots}")
     if images.dim() != 4:
         raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-    was_training = model.training
-    model.eval()
     x = images.detach()
     gens = generators if generators is not None else (
         image_generators(x, spec.seed) if (spec.random_start or "di" in spec.transforms) else [])
     if len(gens) not in (0, x.shape[0]):
         raise ValueError(f"need one generator per image ({x.shape[0]}), got {len(gens)}")
     kept: dict[int, Tensor] = {}
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             x_adv = start_point(x, spec, gens)
             active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -203,12 +203,12 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
                 kernel = gaussian_kernel(spec.ti_kernel).to(x).expand(3, 1, -1, -1).contiguous()
         # an objective that reports success from the same forward pass as its loss saves the
         # separate success check (one forward per step) when no input transformation is used
-        fused = spec.early_stop and hasattr(objective, "loss_and_done") and not spec.transforms
+        fused = spec.early_stop and objective.fuses_done and not spec.transforms
         for step in range(1, spec.steps + 1):
             if fused:
                 grad, done = _input_gradient(model, x_adv, objective, spec, state, gens, with_done=True)
                 active &= ~done
-            elif spec.early_stop and hasattr(objective, "done"):
+            elif spec.early_stop and objective.has_done:
                 with torch.no_grad():
                     active &= ~objective.done(model, x_adv, state)
             if spec.early_stop and not bool(active.any()):
@@ -228,8 +228,6 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
             if snapshots is not None and step in snapshots:
                 kept[step] = x_adv.detach()
         return kept if snapshots is not None else x_adv.detach()
-    finally:
-        model.train(was_training)
 
 
 def _input_gradient(model, x_adv: Tensor, objective, spec: AttackSpec, state, gens, with_done: bool = False):
@@ -253,3 +251,24 @@ def _input_gradient(model, x_adv: Tensor, objective, spec: AttackSpec, state, ge
             (g,) = torch.autograd.grad(loss.sum(), xa)
         total += g
     return (total / len(copies), done) if with_done else total / len(copies)
+
+
+def attack(model, images: Tensor, targets: list[dict] | None, spec: AttackSpec,
+           snapshots: list[int] | None = None, generators: list | None = None, matched=None):
+    """Craft adversarial examples for a batch with the objective ``spec.objective`` names.
+
+    Args:
+        model: detector (``anchors``, ``box_coder``, dense outputs; see :class:`advlib.models.Detector`).
+        images: ``[B, 3, H, W]`` in ``[0, 1]``.
+        targets: ground truth per image (objectives that use it; ``None`` for dfool/shrink/rap).
+        spec: the attack.
+        snapshots, generators: see :func:`run_attack`.
+        matched: an anchor matching of ``targets`` the caller already has (e.g. a training
+            batch's); ground-truth objectives reuse it instead of matching again.
+
+    Returns:
+        ``[B, 3, H, W]`` adversarial images (``{steps: images}`` with ``snapshots``).
+    """
+    from advlib.attacks.objectives import make_objective
+
+    return make_objective(spec).craft(model, images, targets, spec, snapshots, generators, matched)

@@ -1,21 +1,80 @@
 """Attack objectives: per-image losses to maximise, built from the one loss decomposition.
 
-Every objective has ``prepare(model, images, targets) -> state`` (run once per attack: anchor
-matching, target labels and clean detections are fixed here, never per step) and
-``loss(model, x, state) -> [B]``; objectives with a success criterion also have
-``done(model, x, state) -> [B] bool`` for per-image early stopping.
+An objective is a subclass of :class:`Objective`: ``prepare(model, images, targets, spec,
+matched) -> state`` runs once per attack (anchor matching, target labels and clean detections are
+fixed here, never per step) and ``loss(model, x, state) -> [B]`` is maximised by the engine.
+Objectives with a success criterion set ``has_done`` and implement ``done(model, x, state) -> [B]
+bool`` (per-image early stop); those that can report it from their loss's own forward pass also
+set ``fuses_done`` and implement ``loss_and_done``. A composite attack (MTD's task-domain attack)
+overrides :meth:`Objective.craft`.
+
+Objectives are registered by name in :data:`OBJECTIVES`; ``AttackSpec.params`` are their
+constructor arguments, checked by name (an unknown parameter raises ``ValueError``).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from advlib.attacks.engine import AttackSpec, image_generators, run_attack
 from advlib.losses import REDUCERS, Matched, batched_box_iou, match_anchors, multibox_terms, pad_targets
+from advlib.registry import Registry, check_params
+
+#: objective name -> class (or factory) taking the spec's ``params`` as keyword arguments
+OBJECTIVES: Registry = Registry("attack objective")
+
+
+class Objective:
+    """Base class of every attack objective (see the module docstring)."""
+
+    name = "objective"
+    has_done = False  # implements done(): per-image success for early stopping
+    fuses_done = False  # implements loss_and_done(): success from the loss's own forward pass
+
+    def prepare(self, model, images: Tensor, targets: list[dict] | None, spec: AttackSpec | None = None,
+                matched: Matched | None = None):
+        """Per-attack state (computed once). ``spec`` seeds random choices (its ``seed``; 0 when
+        ``None``); ``matched`` is an anchor matching of ``targets`` the caller already has (e.g. a
+        training batch's)."""
+        return None
+
+    def loss(self, model, x: Tensor, state) -> Tensor:
+        raise NotImplementedError
+
+    def done(self, model, x: Tensor, state) -> Tensor:
+        raise NotImplementedError(f"objective {self.name!r} has no success criterion")
+
+    def loss_and_done(self, model, x: Tensor, state) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"objective {self.name!r} does not fuse its success check")
+
+    def craft(self, model, images: Tensor, targets: list[dict] | None, spec: AttackSpec,
+              snapshots: list[int] | None = None, generators: list | None = None, matched: Matched | None = None):
+        """Adversarial images for a batch: :meth:`prepare` once, then the engine."""
+        state = self.prepare(model, images, targets, spec, matched)
+        return run_attack(model, images, self, spec, state, snapshots, generators)
+
+
+def make_objective(spec: AttackSpec) -> Objective:
+    """The objective ``spec.objective`` names, built with ``spec.params``.
+
+    Raises:
+        ValueError: unknown objective (the registered names are listed) or unknown parameter.
+    """
+    return OBJECTIVES.build(spec.objective, **spec.kwargs)
+
+
+def _matched(model, images: Tensor, targets: list[dict] | None, matched: Matched | None, who: str) -> Matched:
+    if matched is not None:
+        return matched
+    if targets is None or len(targets) != images.shape[0]:
+        raise ValueError(f"objective {who!r} needs one ground-truth target per image")
+    return match_anchors(model.anchors, targets, model.box_coder)
 
 
 @dataclass
@@ -23,7 +82,7 @@ class TaskState:
     matched: Matched
 
 
-class TaskObjective:
+class TaskObjective(Objective):
     """A reducer of the multibox terms against the ground truth.
 
     ``cls`` = A_cls and ``loc`` = A_loc (MTD), ``multibox`` = their sum (MTD's CON / the SSD
@@ -31,21 +90,22 @@ class TaskObjective:
     (eq. 8-12, with ``beta`` / ``beta_cls`` / ``beta_loc`` parameters).
     """
 
-    NAMES = ("cls", "loc", "multibox", "toa", "owa", "cwa")
+    def __init__(self, reducer: str, **params) -> None:
+        if reducer not in REDUCERS:
+            raise ValueError(f"unknown reducer {reducer!r}; expected one of {sorted(REDUCERS)}")
+        check_params(REDUCERS[reducer], params, f"attack objective {reducer!r}")
+        self.name = reducer
+        self.reducer = functools.partial(REDUCERS[reducer], **params)
 
-    def __init__(self, name: str, **params) -> None:
-        if name not in self.NAMES:
-            raise ValueError(f"unknown task objective {name!r}; expected one of {self.NAMES}")
-        self.name = name
-        self.reducer = functools.partial(REDUCERS[name], **params)
-
-    def prepare(self, model, images: Tensor, targets: list[dict]) -> TaskState:
-        if targets is None or len(targets) != images.shape[0]:
-            raise ValueError(f"objective {self.name!r} needs one ground-truth target per image")
-        return TaskState(match_anchors(model.anchors, targets, model.box_coder))
+    def prepare(self, model, images, targets, spec=None, matched=None) -> TaskState:
+        return TaskState(_matched(model, images, targets, matched, self.name))
 
     def loss(self, model, x: Tensor, state: TaskState) -> Tensor:
         return self.reducer(multibox_terms(model(x), state.matched))
+
+
+for _name in ("cls", "loc", "multibox", "toa", "owa", "cwa"):
+    OBJECTIVES.add(_name, functools.partial(TaskObjective, _name))
 
 
 # ------------------------------------------------------------------------------------ DAG
@@ -54,40 +114,59 @@ class DAGState:
     targets: Tensor  # [B, A] bool: anchors matched to an object
     true: Tensor  # [B, A] true label
     adv: Tensor  # [B, A] wrong label (fixed for the attack)
+    stop_prob: float | None  # a target stays active while p(true) >= this (None: argmax rule)
 
 
-class DAGObjective:
+@OBJECTIVES.register("dag")
+class DAGObjective(Objective):
     """Dense Adversary Generation (Xie et al. 2017) for one-stage detectors.
 
     Targets are the anchors matched to an object (IoU > 0.5 and each object's best anchor); each
-    gets a random wrong foreground label drawn once from a generator seeded per image. The loss
-    is ``Σ (z_adv − z_true)`` over targets whose prediction is still the true class; an image is
-    done when none is left. Use with ``update="linf"``, ``step_size = 0.5/255`` (γ = 0.5 on the
-    0-255 scale), 150 steps, ``early_stop=True``; the engine keeps the perturbation in the ε-ball
-    (the public RobustDet code did not bound it and stepped from the clean image each time).
+    gets a random wrong foreground label drawn once from a generator seeded per image (the spec's
+    seed). The loss is ``Σ (z_adv − z_true)`` over the targets still *active*; an image is done
+    when none is left.
+
+    Args:
+        until: when a target stops being attacked. ``"score"`` (default): once the probability of
+            its true class falls below ``stop_prob``, which defaults to the model's post-processing
+            score threshold, so a target is attacked for as long as it can still count as a
+            detection in the mAP (the evaluation keeps every detection above 0.01). ``"argmax"``:
+            the original DAG rule, once the argmax is no longer the true class; on our SSD the
+            true class still keeps p ≈ 0.1 then and 97 % of objects stay detected above 0.01.
+        stop_prob: the probability threshold of ``until="score"`` (``None``: the model's).
     """
 
     name = "dag"
+    has_done = True
+    fuses_done = True
 
-    def __init__(self, seed: int = 0, **params) -> None:
-        self.seed = seed
+    def __init__(self, until: str = "score", stop_prob: float | None = None) -> None:
+        if until not in ("score", "argmax"):
+            raise ValueError(f"DAG until must be 'score' or 'argmax', got {until!r}")
+        if stop_prob is not None and not 0.0 < stop_prob < 1.0:
+            raise ValueError(f"DAG stop_prob must be in (0, 1), got {stop_prob!r}")
+        self.until = until
+        self.stop_prob = stop_prob
 
-    def prepare(self, model, images: Tensor, targets: list[dict]) -> DAGState:
-        from advlib.attacks.engine import image_generators
-
-        matched = match_anchors(model.anchors, targets, model.box_coder)
+    def prepare(self, model, images, targets, spec=None, matched=None) -> DAGState:
+        matched = _matched(model, images, targets, matched, self.name)
         c = model.num_classes
         if c < 2:
             raise ValueError("DAG needs at least two foreground classes to pick a wrong label")
-        gens = image_generators(images, self.seed)
+        gens = image_generators(images, 0 if spec is None else spec.seed)
         a = matched.labels.shape[1]
         shift = torch.stack([torch.randint(1, c, (a,), generator=g) for g in gens]).to(images.device)
         true = matched.labels
         adv = (true - 1 + shift) % c + 1  # in 1..C and never the true class
-        return DAGState(matched.positive, true, adv)
+        stop = None if self.until == "argmax" else float(self.stop_prob if self.stop_prob is not None
+                                                         else getattr(model, "score_thresh", 0.01))
+        return DAGState(matched.positive, true, adv, stop)
 
     def _active(self, logits: Tensor, state: DAGState) -> Tensor:
-        return state.targets & (logits.argmax(-1) == state.true)
+        if state.stop_prob is None:
+            return state.targets & (logits.argmax(-1) == state.true)
+        p_true = torch.softmax(logits, -1).gather(-1, state.true[..., None]).squeeze(-1)
+        return state.targets & (p_true >= state.stop_prob)
 
     def loss(self, model, x: Tensor, state: DAGState) -> Tensor:
         return self.loss_and_done(model, x, state)[0]
@@ -134,15 +213,17 @@ def clean_candidates(model, images: Tensor, iou_thresh: float, score_thresh: flo
     return CleanState(cand, labels, out.box_deltas.detach())
 
 
-class _CleanDetectionObjective:
+class _CleanDetectionObjective(Objective):
+    """Attacks on the model's own clean detections (no ground truth): candidates are fixed once."""
+
     iou_thresh = 0.5
     fg_thresh = 0.0
+    has_done = True
 
-    def __init__(self, score_thresh: float = 0.3, seed: int = 0, **params) -> None:
+    def __init__(self, score_thresh: float = 0.3) -> None:
         self.score_thresh = score_thresh
-        self.params = params
 
-    def prepare(self, model, images: Tensor, targets=None) -> CleanState:
+    def prepare(self, model, images, targets, spec=None, matched=None) -> CleanState:
         return clean_candidates(model, images, self.iou_thresh, self.score_thresh, self.fg_thresh)
 
     def done(self, model, x: Tensor, state: CleanState) -> Tensor:
@@ -150,6 +231,7 @@ class _CleanDetectionObjective:
         return torch.tensor([len(d["scores"]) == 0 for d in dets], device=x.device)
 
 
+@OBJECTIVES.register("dfool")
 class DfoolObjective(_CleanDetectionObjective):
     """Dfool (Lu et al. 2017) as in RAD's Table 3: suppress the class confidence of the clean
     detections: ``mean over candidate anchors of −log p(class of the detection)``."""
@@ -163,6 +245,7 @@ class DfoolObjective(_CleanDetectionObjective):
         return (nll * state.candidates).sum(1) / n
 
 
+@OBJECTIVES.register("shrink")
 class ShrinkObjective(_CleanDetectionObjective):
     """"Loc" in RAD's Table 3: shrink the width and height of the clean detections:
     ``−mean over candidate anchors of (t_w + t_h)`` (log-scale size offsets)."""
@@ -175,30 +258,68 @@ class ShrinkObjective(_CleanDetectionObjective):
         return -((d[..., 2] + d[..., 3]) * state.candidates).sum(1) / n
 
 
+def box_shift_in_offsets(shift: float, scale: float, weights: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """A box move in units of the box's own size, as encoded offsets of a torchvision ``BoxCoder``.
+
+    Moving the centre by ``shift`` × (width, height) and multiplying both sides by ``scale``
+    changes the encoded offsets ``(t_x, t_y, t_w, t_h) = (w_x Δx/w_a, w_y Δy/h_a, w_w log(w/w_a),
+    w_h log(h/h_a))`` by ``(w_x·shift·w/w_a, w_y·shift·h/h_a, w_w·log scale, w_h·log scale)``; for an
+    anchor matched to the box (``w ≈ w_a``) that is ``(w_x·shift, w_y·shift, w_w·log scale,
+    w_h·log scale)``. With SSD's weights (10, 10, 5, 5), the old τ = (1, 1, −1, −1) is a move of
+    0.1 box and a scale of e^(−0.2) = 0.82: IoU ≈ 0.64 with the clean box, no miss at IoU 0.5.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    wx, wy, ww, wh = (float(w) for w in weights)
+    return (wx * shift, wy * shift, ww * math.log(scale), wh * math.log(scale))
+
+
+def shifted_box_iou(shift: float, scale: float) -> float:
+    """IoU of a box with the same box moved by ``shift`` of its size in x and y and scaled by
+    ``scale`` about its new centre (the geometry behind RAP's shape target)."""
+    # unit box [0, 1]^2 against a box of side `scale` centred at (0.5 + shift, 0.5 + shift)
+    lo, hi = 0.5 + shift - scale / 2, 0.5 + shift + scale / 2
+    side = max(0.0, min(1.0, hi) - max(0.0, lo))
+    inter = side * side
+    return inter / (1.0 + scale * scale - inter)
+
+
+@OBJECTIVES.register("rap")
 class RAPObjective(_CleanDetectionObjective):
     """RAP (Li et al., BMVC 2018) in its one-stage (SSD) form.
 
     Candidates: anchors with foreground probability > 0.01 whose box overlaps a clean detection
     with IoU > 0.3. Label loss: push candidates to background (``Σ log p_bg``); shape loss: pull
-    their offsets towards the clean offsets shifted by ``shift`` (``−Σ smoothL1(t − (t_clean +
-    τ))``), so the decoded boxes move away from the clean ones. Both are averaged over candidates
-    and added with weight ``shape_weight``.
+    their offsets towards a target box moved away from the clean one (``−Σ smoothL1(t − τ)``).
+    Both are averaged over candidates and added with weight ``shape_weight`` (0 = label only;
+    ``label_weight`` 0 = shape only, the notebook's ablations).
+
+    The shape target is given in units of the box's own size (:func:`box_shift_in_offsets`):
+    ``shift`` moves the centre by that fraction of width and height and ``scale`` resizes it.
+    The default (0.3, 0.55) is τ = (3, 3, −3, −3) in encoded units; reaching it leaves an IoU of
+    :func:`shifted_box_iou` ``(0.3, 0.55)`` ≈ 0.21 with the clean box, a miss at IoU 0.5.
     """
 
     name = "rap"
     iou_thresh = 0.3
     fg_thresh = 0.01
 
-    def __init__(self, score_thresh: float = 0.3, shape_weight: float = 1.0,
-                 shift: tuple[float, float, float, float] = (1.0, 1.0, -1.0, -1.0), seed: int = 0, **params) -> None:
-        super().__init__(score_thresh, seed)
+    def __init__(self, score_thresh: float = 0.3, shape_weight: float = 1.0, label_weight: float = 1.0,
+                 shift: float = 0.3, scale: float = 0.55) -> None:
+        super().__init__(score_thresh)
+        if shape_weight < 0 or label_weight < 0 or shape_weight + label_weight == 0:
+            raise ValueError(f"RAP weights must be >= 0 and not both 0, got label {label_weight}, shape {shape_weight}")
         self.shape_weight = shape_weight
+        self.label_weight = label_weight
         self.shift = shift
+        self.scale = scale
+        box_shift_in_offsets(shift, scale, (1, 1, 1, 1))  # validates scale
 
     def loss(self, model, x: Tensor, state: CleanState) -> Tensor:
         out = model(x)
         log_bg = torch.log_softmax(out.cls_logits, -1)[..., 0]
-        target = state.clean_deltas + torch.tensor(self.shift, device=x.device, dtype=x.dtype)
-        shape = F.smooth_l1_loss(out.box_deltas, target, reduction="none").sum(-1)
+        tau = torch.tensor(box_shift_in_offsets(self.shift, self.scale, model.box_coder.weights),
+                           device=x.device, dtype=x.dtype)
+        shape = F.smooth_l1_loss(out.box_deltas, state.clean_deltas + tau, reduction="none").sum(-1)
         n = state.candidates.sum(1).clamp(min=1)
-        return ((log_bg - self.shape_weight * shape) * state.candidates).sum(1) / n
+        return ((self.label_weight * log_bg - self.shape_weight * shape) * state.candidates).sum(1) / n

@@ -1,4 +1,5 @@
-"""MTD claims: verdicts follow the numbers (hand-made tables where each claim holds, then each broken)."""
+"""MTD (advlib.papers.mtd): claims whose verdicts follow the numbers (hand-made tables where each
+claim holds, then each broken), the paper module registering its recipes, its reported numbers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from advlib.claims import mean_std_table, mtd_claims
+from advlib.papers.mtd import claims as mtd_claims
+from advlib.results import mean_std_table
 
 
 def _table2():

@@ -1,0 +1,81 @@
+"""MTD's task-domain attack (MDA): an A_cls and an A_loc example, then per image the one with the
+larger multibox loss (Zhang & Wang, ICCV 2019, Algorithm 1), and the "one forward pass, two task
+gradients" step it shares with the task-gradient analysis."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from advlib.attacks.engine import AttackSpec, image_generators, project, start_point
+from advlib.attacks.objectives import OBJECTIVES, Objective, _matched
+from advlib.losses import Matched, cls_loss, loc_loss, multibox_terms, ssd_loss
+from advlib.utils import eval_mode
+
+
+def task_input_gradients(model, x: Tensor, matched: Matched) -> tuple[Tensor, Tensor]:
+    """Input gradients of the summed classification and localisation losses at ``x``, from one
+    forward pass (each task loss differentiated from the same graph). Call in eval mode.
+
+    Shape:
+        x ``[B, 3, H, W]`` -> ``(g_cls, g_loc)``, each ``[B, 3, H, W]``.
+    """
+    xa = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        terms = multibox_terms(model(xa), matched)
+        (g_cls,) = torch.autograd.grad(cls_loss(terms).sum(), xa, retain_graph=True)
+        (g_loc,) = torch.autograd.grad(loc_loss(terms).sum(), xa)
+    return g_cls.detach(), g_loc.detach()
+
+
+@OBJECTIVES.register("mda")
+class MDAObjective(Objective):
+    """A composite objective: crafts an A_cls and an A_loc example with the same settings, then
+    keeps per image the one with the larger multibox loss (the public RobustDet code picks per
+    batch). Both domains start from the same random point (Algorithm 1's x̃); a one-step attack
+    (MTD's training attack) differentiates both task losses from one forward pass at x̃."""
+
+    name = "mda"
+
+    def craft(self, model, images: Tensor, targets, spec: AttackSpec, snapshots=None, generators=None,
+              matched: Matched | None = None):
+        matched = _matched(model, images, targets, matched, self.name)
+        one_step = (spec.steps == 1 and spec.update == "sign" and not spec.transforms and spec.momentum == 0
+                    and not spec.early_stop)
+        if one_step:
+            if snapshots is not None and list(snapshots) != [1]:
+                raise ValueError(f"snapshots must lie in 1..1, got {snapshots}")
+            x_cls, x_loc = _two_domain_step(model, images, matched, spec, generators)
+            if snapshots is not None:
+                x_cls, x_loc = {1: x_cls}, {1: x_loc}
+        else:
+            x_cls, x_loc = (OBJECTIVES.build(task).craft(model, images, targets, spec.replace(objective=task),
+                                                         snapshots, generators, matched)
+                            for task in ("cls", "loc"))
+        if snapshots is not None:
+            return {k: _pick_larger_loss(model, matched, x_cls[k], x_loc[k]) for k in x_cls}
+        return _pick_larger_loss(model, matched, x_cls, x_loc)
+
+
+def _two_domain_step(model, images: Tensor, matched: Matched, spec: AttackSpec, generators) -> tuple[Tensor, Tensor]:
+    """One signed step in each task domain from a shared start: one forward, two input gradients."""
+    x = images.detach()
+    with eval_mode(model):
+        gens = generators if generators is not None else (image_generators(x, spec.seed) if spec.random_start else [])
+        with torch.no_grad():
+            x0 = start_point(x, spec, gens)
+        g_cls, g_loc = task_input_gradients(model, x0, matched)
+        with torch.no_grad():
+            return (project(x0 + spec.step_size * g_cls.sign(), x, spec.eps),
+                    project(x0 + spec.step_size * g_loc.sign(), x, spec.eps))
+
+
+def _pick_larger_loss(model, matched: Matched, x_a: Tensor, x_b: Tensor) -> Tensor:
+    """Per image, the example with the larger multibox loss (MTD Algorithm 1, line 6)."""
+    with eval_mode(model), torch.no_grad():
+        l_a = ssd_loss(multibox_terms(model(x_a), matched))
+        l_b = ssd_loss(multibox_terms(model(x_b), matched))
+    return torch.where((l_a >= l_b).view(-1, 1, 1, 1), x_a, x_b)
+
+
+__all__ = ["MDAObjective", "task_input_gradients"]

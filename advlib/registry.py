@@ -1,0 +1,94 @@
+"""Named registries: recipes, attack objectives and attack presets are looked up by name.
+
+A registry is a dict filled by a decorator (``@OBJECTIVES.register("dag")``) or by
+``REGISTRY.add(name, value)``; a paper module registers its own entries when it is imported, so
+adding one touches one file. Looking up an unknown name raises ``ValueError`` listing the
+registered names, and :meth:`Registry.build` rejects unknown parameters by name (a typo must not
+silently become a new cache key).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> entry mapping with clear errors.
+
+    Args:
+        kind: what the entries are (used in error messages), e.g. ``"recipe"``.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def add(self, name: str, entry: T, replace: bool = False) -> T:
+        """Register ``entry`` under ``name`` (a second registration of a name is an error unless
+        ``replace``)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._entries and not replace and self._entries[name] is not entry:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = entry
+        return entry
+
+    def register(self, name: str, replace: bool = False) -> Callable[[T], T]:
+        """Decorator form of :meth:`add`."""
+        return lambda entry: self.add(name, entry, replace)
+
+    def __getitem__(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown {self.kind} {name!r}; registered: {', '.join(sorted(self._entries))}"
+                             f"{self._hint()}") from None
+
+    def _hint(self) -> str:
+        return "" if self.kind != "recipe" else " (paper recipes register when their module is imported, " \
+                                                "e.g. `import advlib.papers.mtd`)"
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def items(self):
+        return self._entries.items()
+
+    def build(self, name: str, **params):
+        """Call the entry registered under ``name`` (a class or factory) with ``params``.
+
+        Raises:
+            ValueError: unknown name, or a parameter the entry does not take (named).
+        """
+        factory = self[name]
+        check_params(factory, params, f"{self.kind} {name!r}")
+        return factory(**params)
+
+
+def check_params(factory: Callable, params: dict, what: str) -> None:
+    """Raise ``ValueError`` naming any key of ``params`` that ``factory`` does not accept."""
+    sig = inspect.signature(factory)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    known = [n for n, p in sig.parameters.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"{what} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"it takes {', '.join(known) or 'none'}")
+
+
+__all__ = ["Registry", "check_params"]
