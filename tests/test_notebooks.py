@@ -62,3 +62,67 @@ def test_parameters_cell(path):
     assert first_code is cells[0], "the parameters cell must be the first code cell"
     for c in nb.cells:
         assert not any(o.get("output_type") == "error" for o in c.get("outputs", []))
+
+
+ROOT = NB_DIR.parent
+EXECUTED = sorted((NB_DIR / "executed").glob("*.ipynb")) + sorted((ROOT / "results").glob("*.json"))
+MACHINE_PATHS = ("/work/", "/home/", "/root/", "/tmp/")
+
+
+@pytest.mark.xfail(strict=False, reason="the executed notebooks and results committed before `make reproduce` "
+                   "printed progress hold /work/ paths and 00_baseline.ipynb is 2.1 MB; the owner regenerates them")
+def test_executed_files_hold_no_machine_paths_and_stay_small():
+    problems = []
+    for path in EXECUTED:
+        text = path.read_text(encoding="utf-8")
+        problems += [f"{path.relative_to(ROOT)} holds {s!r}" for s in (str(ROOT), *MACHINE_PATHS) if s in text]
+        if path.suffix == ".ipynb" and path.stat().st_size >= 1_000_000:
+            problems.append(f"{path.relative_to(ROOT)} is {path.stat().st_size / 1e6:.1f} MB (>= 1 MB)")
+    assert not problems, "\n".join(problems)
+
+
+def test_compact_progress_text():
+    from advlib.cli import _compact_progress_text
+
+    bar = "".join(f"\rtrain: {i}%" for i in range(101)) + "\n"
+    out = _compact_progress_text("before\n" + bar + "after\n", keep=5)
+    assert out.splitlines()[0] == "before" and out.splitlines()[-1] == "after"
+    assert out.count("\r") == 4 and out.split("\n")[1].endswith("\rtrain: 100%")
+    assert _compact_progress_text("a\rb\n") == "a\rb\n"
+
+
+def _tiny_notebook(path: Path, cells: list[str]) -> Path:
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("profile = 'x'", metadata={"tags": ["parameters"]}),
+                             new_markdown_cell("## Sleeping")] + [new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_reproduce_prints_progress_and_survives_a_failing_notebook(tmp_path):
+    """Cell start/end lines, heartbeats during a long cell, the notebook's stdout; a failing notebook
+    does not stop the next; tqdm.notebook bars end as one text line each in the executed copy."""
+    import io
+
+    from advlib.cli import run_notebooks
+
+    bad = _tiny_notebook(tmp_path / "98_bad.ipynb", ["1 / 0"])
+    good = _tiny_notebook(tmp_path / "99_good.ipynb", [
+        "import time\nprint('hello')\ntime.sleep(1.3)",
+        "from tqdm.auto import tqdm\nfor i in tqdm(range(50), desc='bar', mininterval=0): pass"])
+    out = io.StringIO()
+    report = run_notebooks([bad, good], tmp_path / "executed", profile="smoke", heartbeat=0.4, out=out)
+    lines = out.getvalue().splitlines()
+    assert [r["status"] for r in report.values()] == ["failed", "ok"]
+    assert any(ln.startswith("[98_bad] cell 4/4 FAILED after") for ln in lines), lines
+    assert any(ln.startswith("[99_good] cell 4/5 started (Sleeping), ") for ln in lines), lines
+    assert "    | hello" in lines
+    beats = [ln for ln in lines if ln.startswith("[99_good] cell 4/5, ") and "s in cell" in ln and "s total" in ln]
+    assert len(beats) >= 2, lines
+    assert any(ln.startswith("[99_good] cell 5/5 done in") for ln in lines), lines
+    executed = nbformat.read(report["99_good.ipynb"]["target"], as_version=4)
+    assert "widgets" not in executed.metadata
+    texts = [o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in executed.cells[-1].outputs]
+    assert sum("bar: 100%" in t for t in texts) == 1, texts
