@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= default
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+# What people edit: the jupytext percent sources beside them (`make notebooks` writes the .ipynb).
+NOTEBOOK_SOURCES := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 # Jupyter's runtime/config files stay inside the project, not in $HOME.
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.jupyter_runtime
 export JUPYTER_DATA_DIR := $(CURDIR)/.jupyter_runtime/data
@@ -46,8 +48,36 @@ reproduce: env
 	$(PY) -m advlib.cli data --profile $(PROFILE)
 	$(PY) -m advlib.cli reproduce --profile $(PROFILE) $(NOTEBOOKS)
 
+# notebooks/NN_*.py (jupytext percent: what people edit and review) -> notebooks/NN_*.ipynb
+# (what papermill and nbval run): no outputs, no jupytext metadata, cell ids "NN-ii" so that
+# regenerating gives a byte-identical file. tests/test_notebooks.py fails when a pair is out of sync.
+define SYNC_NOTEBOOKS
+import sys
+from pathlib import Path
+import jupytext, nbformat
+JUPYTEXT_KEYS = {"lines_to_next_cell", "lines_to_end_of_cell_marker", "cell_marker", "region_name", "title"}
+for src in map(Path, sys.argv[1:]):
+    nb = jupytext.read(src, fmt="py:percent")
+    nb.metadata = nbformat.from_dict({"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                                      "language_info": {"name": "python"}})
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{src.stem[:2]}-{i:02d}"
+        cell.metadata = nbformat.from_dict({k: v for k, v in cell.metadata.items() if k not in JUPYTEXT_KEYS})
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.validate(nb)
+    text = nbformat.writes(nb, version=4) + "\n"
+    dst = src.with_suffix(".ipynb")
+    if dst.exists() and dst.read_text(encoding="utf-8") == text:
+        print("unchanged", dst)
+    else:
+        dst.write_text(text, encoding="utf-8")
+        print("wrote", dst)
+endef
+export SYNC_NOTEBOOKS
+
 notebooks: env
-	$(PY) tools/make_notebooks.py
+	$(PY) -c "$$SYNC_NOTEBOOKS" $(NOTEBOOK_SOURCES)
 
 attacks: env
 	$(PY) -m advlib.cli attack-suite --profile $(PROFILE)

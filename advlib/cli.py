@@ -3,7 +3,9 @@
 ``reproduce`` executes notebooks headlessly with papermill, injecting ``profile``; executed copies
 go to ``notebooks/executed/`` (the source notebooks stay output-free for nbval and diffs) and each
 notebook's wall time is recorded in ``results[/<profile>]/timings.json``. A failing notebook does
-not stop the others; the command exits non-zero at the end if any failed.
+not stop the others; the command exits non-zero at the end if any failed. While a notebook runs it
+prints which cell runs, the cell's time and the notebook's total (a heartbeat line every
+``--heartbeat`` seconds, 60 by default) and the notebook's own printed lines.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -73,36 +76,241 @@ def _cmd_attack_suite(args) -> int:
     return 0
 
 
-def _cmd_reproduce(args) -> int:
+class _NotebookProgress:
+    """What ``reproduce`` prints for one notebook while papermill runs it.
+
+    A line when each code cell starts (with the markdown heading above it) and ends (its time and the
+    notebook's total so far), and a heartbeat line every ``heartbeat`` seconds while a cell runs, e.g.
+    ``[01_mtd_task_domains] cell 7/21, 312 s in cell, 1450 s total``. It hooks papermill's
+    ``NotebookExecutionManager.cell_start/cell_exception/cell_complete`` through a papermill engine
+    (``_ProgressEngine``), so it needs no change to the notebooks.
+    """
+
+    def __init__(self, name: str, heartbeat: float = 60.0, out=None):
+        self.name, self.heartbeat, self.out = name, heartbeat, out
+        self.t0 = time.perf_counter()
+        self.n_cells, self.index, self.cell_t0, self.section, self.failed = 0, None, None, "", False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {name}", daemon=True)
+
+    def say(self, msg: str) -> None:
+        print(f"[{self.name}] {msg}", file=self.out or sys.stdout, flush=True)
+
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            with self._lock:
+                if self.index is not None:
+                    self.say(f"cell {self.index + 1}/{self.n_cells}, {time.perf_counter() - self.cell_t0:.0f} s in cell, "
+                             f"{self.total():.0f} s total")
+
+    def attach(self, nb_man) -> None:
+        """Wrap the hooks of papermill's execution manager (instance attributes; papermill calls them)."""
+        self.n_cells = len(nb_man.nb.cells)
+        start, exception, complete = nb_man.cell_start, nb_man.cell_exception, nb_man.cell_complete
+
+        def cell_start(cell, cell_index=None, **kwargs):
+            with self._lock:
+                if cell.cell_type == "markdown":
+                    heading = next((ln.lstrip("#").strip() for ln in cell.source.splitlines() if ln.startswith("#")), "")
+                    self.section = heading or self.section
+                elif cell.cell_type == "code":
+                    self.index, self.cell_t0 = cell_index, time.perf_counter()
+                    tags = cell.metadata.get("tags", [])
+                    what = ("injected parameters" if "injected-parameters" in tags
+                            else "parameters" if "parameters" in tags else self.section)
+                    self.say(f"cell {cell_index + 1}/{self.n_cells} started{f' ({what})' if what else ''}, "
+                             f"{self.total():.0f} s total")
+            return start(cell, cell_index, **kwargs)
+
+        def cell_exception(cell, cell_index=None, **kwargs):
+            self.failed = True
+            return exception(cell, cell_index, **kwargs)
+
+        def cell_complete(cell, cell_index=None, **kwargs):
+            with self._lock:
+                if cell_index is not None and cell_index == self.index:
+                    secs = time.perf_counter() - self.cell_t0
+                    self.say(f"cell {cell_index + 1}/{self.n_cells} {'FAILED after' if self.failed else 'done in'} "
+                             f"{secs:.1f} s, {self.total():.0f} s total")
+                    self.index = None
+            return complete(cell, cell_index, **kwargs)
+
+        nb_man.cell_start, nb_man.cell_exception, nb_man.cell_complete = cell_start, cell_exception, cell_complete
+
+
+class _PrefixedLines:
+    """File-like for papermill's ``stdout_file``: the notebook's printed lines, indented, as they come."""
+
+    def __init__(self, out=None, prefix: str = "    | "):
+        self.out, self.prefix, self.buf = out, prefix, ""
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            print(self.prefix + line.rsplit("\r", 1)[-1], file=self.out or sys.stdout, flush=True)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.buf:
+            self.write("\n")
+
+
+def _progress_engine_name() -> str:
+    """Register (once) a papermill engine that hands the execution manager to a ``_NotebookProgress``."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class _ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, progress=None, **kwargs):
+            if progress is not None:
+                progress.attach(nb_man)
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    if "advlib-progress" not in papermill_engines._engines:
+        papermill_engines.register("advlib-progress", _ProgressEngine)
+    return "advlib-progress"
+
+
+# tqdm (>= 4.66) takes its keyword defaults from TQDM_* variables (tqdm.utils.envwrap on
+# tqdm.std.tqdm.__init__, read when the kernel imports tqdm): a bar refreshes at most once a minute.
+TQDM_ENV = {"TQDM_MININTERVAL": "60"}
+MAX_BAR_UPDATES = 5  # progress updates kept per output line in an executed notebook
+
+
+def _compact_progress_text(text: str, keep: int = MAX_BAR_UPDATES) -> str:
+    """Keep at most ``keep`` ``\\r``-separated updates per line (the first ones and the last), as a
+    terminal would show the last one; tqdm bars would otherwise store every refresh."""
+    lines = []
+    for line in text.split("\n"):
+        parts = line.split("\r")
+        if len(parts) > keep:
+            parts = parts[: keep - 1] + parts[-1:]
+        lines.append("\r".join(parts))
+    return "\n".join(lines)
+
+
+def _widget_bar_text(model_id: str, state: dict) -> str | None:
+    """The final text of a tqdm.notebook bar (an HBox of HTML, progress, HTML) from saved widget state."""
+    import html
+
+    box = state.get(model_id, {})
+    kids = [state.get(str(c).removeprefix("IPY_MODEL_"), {}) for c in box.get("state", {}).get("children", [])]
+    if box.get("model_name") != "HBoxModel" or len(kids) != 3 or "Progress" not in kids[1].get("model_name", ""):
+        return None
+    left, bar, right = (k.get("state", {}) for k in kids)
+    frac = bar.get("value", 0) / bar["max"] if bar.get("max") else 0.0
+    blocks = round(10 * min(max(frac, 0.0), 1.0))
+    text = f"{left.get('value', '')}|{'█' * blocks}{' ' * (10 - blocks)}|{right.get('value', '')}"
+    return html.unescape(text).replace("\u2007", " ")
+
+
+def _compact_executed(path: Path) -> None:
+    """Executed notebook: progress kept to one line per tqdm.notebook bar (its final text, and the
+    saved widget state, about 9 kB a bar, dropped) and to ``MAX_BAR_UPDATES`` per text bar."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    changed, unconverted = False, 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and "\r" in out.get("text", ""):
+                text = _compact_progress_text(out["text"])
+                changed |= text != out["text"]
+                out["text"] = text
+            view = out.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            if view:
+                text = _widget_bar_text(view.get("model_id", ""), widgets)
+                if text is None:
+                    unconverted += 1
+                else:
+                    out["data"] = nbformat.from_dict({"text/plain": text})
+                    changed = True
+    if widgets and not unconverted:
+        del nb.metadata["widgets"]
+        changed = True
+    if changed:
+        nbformat.write(nb, path)
+
+
+def run_notebooks(notebooks, out_dir: Path, profile: str = "default", heartbeat: float = 60.0,
+                  kernel_name: str = "python3", parameters: dict | None = None, out=None) -> dict:
+    """Execute ``notebooks`` with papermill into ``out_dir``, printing progress (``_NotebookProgress``).
+
+    A failing notebook does not stop the others. Returns ``{name: {"seconds", "status", "target"}}``.
+    """
+    saved_env = {key: os.environ.get(key) for key in TQDM_ENV}
+    for key, value in TQDM_ENV.items():  # inherited by the kernels papermill starts; a user's TQDM_* wins
+        os.environ.setdefault(key, value)
+    try:
+        return _run_notebooks(notebooks, Path(out_dir), profile, heartbeat, kernel_name, parameters, out)
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+
+
+def _run_notebooks(notebooks, out_dir, profile, heartbeat, kernel_name, parameters, out) -> dict:
     import papermill as pm
 
+    engine = _progress_engine_name()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {}
+    for nb in map(Path, notebooks):
+        target = out_dir / nb.name if profile == "default" else out_dir / f"{nb.stem}.{profile}.ipynb"
+        print(f"== {nb.name} (profile {profile})", file=out or sys.stdout, flush=True)
+        status = "ok"
+        stdout = _PrefixedLines(out)
+        with _NotebookProgress(nb.stem, heartbeat=heartbeat, out=out) as progress:
+            try:
+                pm.execute_notebook(str(nb), str(target), parameters={"profile": profile, **(parameters or {})},
+                                    engine_name=engine, progress=progress, kernel_name=kernel_name,
+                                    cwd=str(nb.parent), progress_bar=False, stdout_file=stdout)
+            except Exception:  # keep going: every other notebook still runs
+                traceback.print_exc()
+                status = "failed"
+            stdout.close()
+        if target.exists():
+            try:
+                _compact_executed(target)
+            except Exception:  # the executed notebook stays as papermill wrote it
+                traceback.print_exc()
+        secs = progress.total()
+        report[nb.name] = {"seconds": secs, "status": status, "target": target}
+        print(f"   {status} in {secs:.1f} s -> {target}", file=out or sys.stdout, flush=True)
+    return report
+
+
+def _cmd_reproduce(args) -> int:
     from advlib.results import output_dir
 
-    # progress bars in executed notebooks: a line every 30 s, not every step (tqdm reads TQDM_*)
-    os.environ.setdefault("TQDM_MININTERVAL", "30")
     out_dir = PROJECT_ROOT / "notebooks" / "executed"
-    out_dir.mkdir(parents=True, exist_ok=True)
     timings_path = output_dir("results", args.profile) / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     failed = []
-    for nb in args.notebooks:
-        nb = Path(nb)
-        target = out_dir / nb.name if args.profile == "default" else out_dir / f"{nb.stem}.{args.profile}.ipynb"
-        print(f"== {nb.name} (profile {args.profile})", flush=True)
-        t0 = time.perf_counter()
-        status = "ok"
-        try:
-            pm.execute_notebook(str(nb), str(target), parameters={"profile": args.profile},
-                                kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
-        except Exception:  # keep going: every other notebook still runs
-            traceback.print_exc()
-            status = "failed"
-            failed.append(nb.name)
-        secs = time.perf_counter() - t0
-        timings[nb.name] = {"seconds": round(secs, 1), "status": status, "profile": args.profile,
-                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for nb in args.notebooks:  # one at a time, so timings.json is written after each notebook
+        rep = run_notebooks([nb], out_dir, profile=args.profile, heartbeat=args.heartbeat)[Path(nb).name]
+        if rep["status"] != "ok":
+            failed.append(Path(nb).name)
+        timings[Path(nb).name] = {"seconds": round(rep["seconds"], 1), "status": rep["status"], "profile": args.profile,
+                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         timings_path.write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
-        print(f"   {status} in {secs:.1f} s -> {target}", flush=True)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -124,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=0, help="use only the first N evaluation images")
     p = sub.add_parser("reproduce", help="execute notebooks with papermill")
     p.add_argument("--profile", default="default")
+    p.add_argument("--heartbeat", type=float, default=60.0,
+                   help="seconds between progress lines while a cell runs")
     p.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
     commands = {"data": _cmd_data, "train": _cmd_train, "attack-suite": _cmd_attack_suite, "reproduce": _cmd_reproduce}
