@@ -11,8 +11,8 @@ from torch import Tensor
 
 from advlib.attacks import AttackSpec, attack, fgsm
 from advlib.losses import batched_box_iou, cls_loss, loc_loss, match_anchors, multibox_terms, pad_targets
-from advlib.robustness import _to, adversarial_images, model_fingerprint
-from advlib.zoo import ResultCache, data_fingerprint
+from advlib.cache import ResultCache, data_fingerprint, model_fingerprint
+from advlib.robustness import _to, adversarial_images
 
 
 @torch.no_grad()

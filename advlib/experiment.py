@@ -24,7 +24,7 @@ from advlib.profiles import RunParams, default_data_root, validate_params
 from advlib.robustness import detect_all, mean_ap
 from advlib.recipes import make_recipe
 from advlib.train import Recipe, TrainConfig, train
-from advlib.zoo import ModelZoo
+from advlib.cache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Experiment:
         self.profile = self.params.profile
         self.device = self.params.device
         self.seed = self.params.seed
-        self.zoo = ModelZoo(zoo_root)
+        self.zoo = ModelCache(zoo_root)
         self.progress = progress
         self.timings: dict[str, float] = {}
         if self.profile.data_format == "synthetic":

@@ -60,11 +60,10 @@ def to_jsonable(obj: Any) -> Any:
 
 def save_json(payload: dict, name: str, profile: str) -> Path:
     """Write ``results[/<profile>]/<name>`` atomically and return its path."""
-    path = output_dir("results", profile) / name
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_jsonable(payload), indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    from advlib.cache import atomic_write_text  # not at the top: advlib.cache imports this module
+
+    return atomic_write_text(output_dir("results", profile) / name,
+                             json.dumps(to_jsonable(payload), indent=1, sort_keys=False) + "\n")
 
 
 def save_figure(fig, name: str, profile: str, pdf: bool = False) -> Path:

@@ -9,7 +9,7 @@ from advlib.attacks import attack
 from advlib.losses import match_anchors, multibox_terms, ssd_loss
 from advlib.recipes import AdversarialRecipe, make_recipe, mtd_attack_spec
 from advlib.train import StandardRecipe, TrainConfig, train
-from advlib.zoo import spec_key
+from advlib.cache import spec_key
 from conftest import make_model
 
 
