@@ -30,7 +30,7 @@ from advlib.recipes import make_recipe
 from advlib.results import display_path, save_figure, save_json
 from advlib.robustness import detect_all, mean_ap
 from advlib.train import Recipe, TrainConfig, train
-from advlib.zoo import ModelZoo
+from advlib.cache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Experiment:
                                                  train_split, test_split, year, image_size, **overrides)
         self.device = self.params.device
         self.seed = self.params.seed
-        self.zoo = ModelZoo(zoo_root)
+        self.zoo = ModelCache(zoo_root)
         self.progress = progress
         self.timings: dict[str, float] = {}
         if self.synthetic:

@@ -76,11 +76,10 @@ def to_jsonable(obj: Any) -> Any:
 
 def save_json(payload: dict, name: str, run: str = "") -> Path:
     """Write ``results[/<run>]/<name>`` atomically and return its path."""
-    path = output_dir("results", run) / name
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_jsonable(payload), indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from advlib.cache import atomic_write_text  # not at the top: advlib.cache imports this module
+
+    return atomic_write_text(output_dir("results", run) / name,
+                             json.dumps(to_jsonable(payload), indent=1, sort_keys=False) + "\n")
 
 
 def save_figure(fig, name: str, run: str = "", pdf: bool = False) -> Path:

@@ -2,38 +2,33 @@
 
 Every number comes with the attack spec that produced it. White-box cells attack the evaluated
 model; transfer cells evaluate model B on images crafted on model A, which are crafted once and
-cached on disk as a VOC-layout dataset of PNGs (nothing lost to JPEG; rounding to 8 bits keeps
-the perturbation inside the ε-ball because the clean images are themselves 8-bit), so a second
-table with the same cell is evaluation only, and the set can be reused as an adversarial test set.
+cached on disk as a VOC-layout dataset of PNGs (:class:`~advlib.cache.AdversarialCache`), so a
+second table with the same cell is evaluation only, and the set can be reused as an adversarial
+test set.
+
+One rule for every adversarial image a number is measured on (white-box cells, transfer sets,
+sweeps, :func:`evaluate_attack`): it is rounded to 8 bits (:func:`~advlib.cache.round_8bit`)
+before detection, as a PNG stores it. The clean images are 8-bit, so with an ε of whole levels
+(2, 4, 8, 16 / 255) the rounded image stays inside the ε-ball.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from advlib.attacks import AttackSpec, attack
 from advlib.evaluate import evaluate_voc
-from advlib.profiles import PROJECT_ROOT
-from advlib.zoo import ResultCache, data_fingerprint
-
-
-def _to(device, targets: list[dict]) -> list[dict]:
-    return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+from advlib.utils import model_device, targets_to
+from advlib.cache import AdversarialCache, ResultCache, data_fingerprint, model_fingerprint, round_8bit
 
 
 def adversarial_images(model, images: Tensor, targets: list[dict] | None, spec: AttackSpec, batch_size: int = 32,
@@ -60,7 +55,7 @@ def adversarial_images(model, images: Tensor, targets: list[dict] | None, spec: 
     parts: list = []
     for i in tqdm(range(0, images.shape[0], batch_size), desc=spec.label(), disable=not progress, leave=False):
         x = images[i:i + batch_size].to(dev)
-        t = None if targets is None else _to(dev, targets[i:i + batch_size])
+        t = None if targets is None else targets_to(dev, targets[i:i + batch_size])
         out = attack(model, x, t, spec, snapshots=snapshots)
         parts.append({k: v.cpu() for k, v in out.items()} if snapshots is not None else out.cpu())
     if snapshots is not None:
@@ -83,80 +78,6 @@ def mean_ap(model, images: Tensor, targets: list[dict], num_classes: int, use_07
     """VOC mAP@0.5 of ``model`` on ``images`` (a :class:`~advlib.evaluate.VOCResult`)."""
     return evaluate_voc(detect_all(model, images), targets, num_classes, use_07_metric=use_07_metric,
                         class_names=class_names)
-
-
-def model_fingerprint(model) -> str:
-    """The zoo key of a model if it has one, else a hash of its weights."""
-    key = getattr(model, "zoo_key", None)
-    if key:
-        return str(key)
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
-
-
-# --------------------------------------------------------------- cached adversarial sets
-def _xml(image_id: str, size: tuple[int, int], target: dict, classes) -> str:
-    h, w = size
-    objs = []
-    diff = target.get("difficult", torch.zeros(len(target["labels"]), dtype=torch.bool))
-    for b, lab, d in zip(target["boxes"].tolist(), target["labels"].tolist(), diff.tolist()):
-        # VOC's 1-based convention: x1 = xmin - 1, x2 = xmax (floats kept exactly with repr)
-        objs.append(f"<object><name>{classes[lab - 1]}</name><difficult>{int(d)}</difficult><bndbox>"
-                    f"<xmin>{b[0] + 1!r}</xmin><ymin>{b[1] + 1!r}</ymin><xmax>{b[2]!r}</xmax><ymax>{b[3]!r}</ymax>"
-                    f"</bndbox></object>")
-    return (f"<annotation><filename>{image_id}.png</filename><size><width>{w}</width><height>{h}</height>"
-            f"<depth>3</depth></size>{''.join(objs)}</annotation>\n")
-
-
-class AdversarialCache:
-    """Adversarial test sets on disk (``data/cache/adv/<key>/``, VOC layout, PNG images).
-
-    The key hashes the source model's fingerprint, the attack spec and the clean set's identity.
-    """
-
-    def __init__(self, root: str | os.PathLike | None = None) -> None:
-        self.root = Path(root) if root is not None else PROJECT_ROOT / "data" / "cache" / "adv"
-
-    def key(self, source_model, spec: AttackSpec, data_id: str) -> str:
-        blob = json.dumps({"model": model_fingerprint(source_model), "spec": spec.to_dict(), "data": data_id},
-                          sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-    def path(self, key: str) -> Path:
-        return self.root / key
-
-    def load(self, key: str) -> Tensor | None:
-        d = self.path(key)
-        ids_file = d / "ImageSets" / "Main" / "test.txt"
-        if not (d / "spec.json").exists() or not ids_file.exists():
-            return None
-        ids = ids_file.read_text().split()
-        arrays = [np.asarray(Image.open(d / "JPEGImages" / f"{i}.png").convert("RGB")) for i in ids]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)  # [N,H,W,3] -> [N,3,H,W]
-
-    def save(self, key: str, images: Tensor, targets: list[dict], classes, spec: AttackSpec, meta: dict) -> Tensor:
-        """Write atomically; returns the 8-bit-rounded images that were written."""
-        d = self.path(key)
-        tmp = d.with_name(d.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-            (tmp / sub).mkdir(parents=True)
-        u8 = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [N,3,H,W] -> [N,H,W,3]
-        ids = [f"{i:06d}" for i in range(len(u8))]
-        for i, arr in zip(ids, u8):
-            Image.fromarray(arr).save(tmp / "JPEGImages" / f"{i}.png")
-        for i, t in zip(ids, targets):
-            (tmp / "Annotations" / f"{i}.xml").write_text(_xml(i, u8.shape[1:3], t, classes))
-        (tmp / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids) + "\n")
-        (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
-        (tmp / "spec.json").write_text(json.dumps({"spec": spec.to_dict(), **meta}, indent=1, default=str))
-        if d.exists():
-            shutil.rmtree(d)
-        os.replace(tmp, d)
-        return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(255.0)
 
 
 # ------------------------------------------------------------------------ tables
@@ -218,6 +139,23 @@ class RobustnessTable:
         return {"map": self.frame.to_dict(), "cells": [c.to_dict() for c in self.cells]}
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _valid_cell(v) -> bool:
+    """A cached robustness cell: float ``map`` and ``map_allpoint``, a list of numbers ``ap``."""
+    return (isinstance(v, dict) and _number(v.get("map")) and _number(v.get("map_allpoint"))
+            and isinstance(v.get("ap"), list) and all(_number(a) for a in v["ap"]))
+
+
+def _valid_sweep_rows(rows) -> bool:
+    """Cached sweep rows: numeric ``eps``, ``eps_px``, ``steps``, ``map`` (``None`` for NaN), dict ``spec``."""
+    return isinstance(rows, list) and all(
+        isinstance(r, dict) and all(_number(r.get(k)) for k in ("eps", "eps_px", "steps"))
+        and (r.get("map") is None or _number(r["map"])) and isinstance(r.get("spec"), dict) for r in rows)
+
+
 def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str, AttackSpec | Transfer | None],
                      images: Tensor, targets: list[dict], classes, sources: Mapping[str, torch.nn.Module] | None = None,
                      cache: AdversarialCache | None = None, data_id: str = "", batch_size: int = 32,
@@ -234,7 +172,8 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
         classes: class names (for mAP and the cached sets' annotations).
         sources: extra source models for transfer columns (not evaluated as rows).
         cache: where transfer sets are cached (default ``data/cache/adv``).
-        data_id: identity of the clean set (part of the transfer cache key).
+        data_id: name of the clean set (part of the transfer cache key, with its pixels' and
+            targets' fingerprint).
         batch_size, progress, use_07_metric: evaluation settings.
         result_cache: cache of the cells' numbers (default ``data/cache/results``; ``False``
             recomputes everything). A cell found there runs no attack.
@@ -256,13 +195,10 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
     def transfer_set(col: str, atk: Transfer) -> tuple[Tensor, bool]:
         if col not in crafted:  # crafted once per table, and once ever thanks to the disk cache
             src = pool[atk.source]
-            key = cache.key(src, atk.spec, data_id)
-            adv = cache.load(key)
-            hit = adv is not None
-            if not hit:
-                adv = adversarial_images(src, images, targets, atk.spec, batch_size, progress=progress)
-                adv = cache.save(key, adv, targets, classes, atk.spec, {"source": atk.source, "data": data_id})
-            crafted[col] = (adv, hit)
+            crafted[col] = cache.get_or_create(
+                cache.key(src, atk.spec, data_id, data_fp),
+                lambda: adversarial_images(src, images, targets, atk.spec, batch_size, progress=progress),
+                targets, classes, atk.spec, {"source": atk.source, "data": data_id})
         return crafted[col]
 
     for row, model in models.items():
@@ -274,7 +210,7 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
             key = results.key(kind="robustness_cell", model=fingerprints[row],
                               source=fingerprints[source] if transfer else None,
                               spec=None if spec is None else spec.to_dict(), data=data_fp, use_07=use_07_metric)
-            value = results.get(key)
+            value = results.get(key, _valid_cell)
             hit_result, set_cached = value is not None, False
             if value is None:
                 if atk is None:
@@ -282,7 +218,7 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
                 elif transfer:
                     adv, set_cached = transfer_set(col, atk)
                 else:
-                    adv = adversarial_images(model, images, targets, atk, batch_size, progress=progress)
+                    adv = round_8bit(adversarial_images(model, images, targets, atk, batch_size, progress=progress))
                 dets = detect_all(model, adv)
                 r = evaluate_voc(dets, targets, len(classes), use_07_metric=use_07_metric, class_names=classes)
                 r_all = evaluate_voc(dets, targets, len(classes), use_07_metric=False, class_names=classes)
@@ -313,8 +249,8 @@ def sweep(model, spec: AttackSpec, images: Tensor, targets: list[dict], num_clas
         raise ValueError(f"steps must be >= 0, got {steps}")
     rows = ResultCache.resolve(result_cache).cached(
         lambda: _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_size, progress),
-        kind="sweep", model=model_fingerprint(model), spec=spec.to_dict(), data=data_fingerprint(images, targets),
-        eps=eps, steps=steps)
+        validate=_valid_sweep_rows, kind="sweep", model=model_fingerprint(model), spec=spec.to_dict(),
+        data=data_fingerprint(images, targets), eps=eps, steps=steps)
     return pd.DataFrame(rows)
 
 
@@ -326,7 +262,7 @@ def _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_siz
         snaps = adversarial_images(model, images, targets, long, batch_size, progress=progress,
                                    snapshots=positive) if positive else {}
         for s in steps:
-            adv = images if s == 0 else snaps[s]
+            adv = images if s == 0 else round_8bit(snaps[s])
             m = mean_ap(model, adv, targets, num_classes).map
             rows.append({"eps": spec.eps, "eps_px": spec.eps * 255, "steps": s, "map": m,
                          "spec": spec.replace(steps=max(s, 1)).to_dict()})
@@ -336,7 +272,7 @@ def _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_siz
                 adv, sp = images, spec.replace(eps=0.0)
             else:
                 sp = spec.replace(eps=e)
-                adv = adversarial_images(model, images, targets, sp, batch_size, progress=progress)
+                adv = round_8bit(adversarial_images(model, images, targets, sp, batch_size, progress=progress))
             rows.append({"eps": e, "eps_px": e * 255, "steps": spec.steps,
                          "map": mean_ap(model, adv, targets, num_classes).map, "spec": sp.to_dict()})
     return rows
@@ -379,7 +315,7 @@ def evaluate_attack(exp, model, spec: AttackSpec | None, batch_size: int = 32, p
     ``spec`` (``None`` = clean), with the spec attached and the adversarial images returned."""
     images, targets = exp.eval_data
     if spec is not None:
-        images = adversarial_images(model, images, targets, spec, batch_size, exp.device, progress)
+        images = round_8bit(adversarial_images(model, images, targets, spec, batch_size, exp.device, progress))
     res07 = exp.evaluate(model, images, targets, use_07_metric=True)
     res_all = exp.evaluate(model, images, targets, use_07_metric=False)
     return {"map": res07.map, "map_allpoint": res_all.map, "ap": res07.ap,

@@ -12,10 +12,11 @@ model/optimiser/schedule state needs saving).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
-import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader
 from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
+from advlib.cache import atomic_torch_save
 from advlib.losses import REDUCERS, match_anchors, multibox_terms
 
 log = logging.getLogger(__name__)
@@ -189,10 +191,9 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _plain(obj):
+    """``obj`` as JSON types (what a ``weights_only`` checkpoint may hold besides tensors)."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 def train(
@@ -239,20 +240,23 @@ def train(
     start_epoch = 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     if ckpt is not None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            warnings.warn(f"cannot write checkpoints to {ckpt.parent} ({exc}); training without them", stacklevel=2)
+            ckpt = None
+    if ckpt is not None:
         if ckpt.exists():
-            try:
-                state = torch.load(ckpt, map_location=device, weights_only=False)
-                if state.get("cfg") != cfg.to_dict() or state.get("recipe") != recipe.spec():
+            try:  # tensors and JSON types only: a planted checkpoint cannot run code
+                state = torch.load(ckpt, map_location=device, weights_only=True)
+                if state.get("cfg") != _plain(cfg.to_dict()) or state.get("recipe") != _plain(recipe.spec()):
                     raise ValueError("checkpoint was written by a different configuration")
                 model.load_state_dict(state["model"])
                 opt.load_state_dict(state["optimizer"])
                 sched.load_state_dict(state["scheduler"])
                 start_epoch, history = state["epoch"], state["history"]
                 log.info("resuming %s from epoch %d", ckpt, start_epoch)
-            except Exception as exc:  # corrupt or foreign checkpoint: start over, loudly
-                import warnings
-
+            except Exception as exc:  # corrupt, foreign or unsafe checkpoint: start over, loudly
                 warnings.warn(f"ignoring checkpoint {ckpt} ({exc}); training from scratch", stacklevel=2)
                 start_epoch, history = 0, []
     bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=desc or recipe.name,
@@ -293,9 +297,9 @@ def train(
                             "images_per_s": steps_per_epoch * bs / max(secs, 1e-9)})
             epochs_run += 1
             if ckpt is not None:
-                _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                              "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history,
-                              "cfg": cfg.to_dict(), "recipe": recipe.spec()}, ckpt)
+                atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": _plain(history),
+                                   "cfg": _plain(cfg.to_dict()), "recipe": _plain(recipe.spec())}, ckpt)
     finally:
         bar.close()
     model.eval()

@@ -10,7 +10,7 @@ from advlib.losses import match_anchors, multibox_terms, ssd_loss
 from advlib.papers.mtd import mtd_attack_spec
 from advlib.recipes import AdversarialRecipe, make_recipe
 from advlib.train import StandardRecipe, TrainConfig, train
-from advlib.zoo import spec_key
+from advlib.cache import spec_key
 from conftest import make_model
 
 

@@ -8,8 +8,9 @@ import torch
 
 from advlib.analysis import candidate_anchor_metrics, gradient_cosine, task_domains, task_gradients
 from advlib.attacks import pgd
+from advlib.cache import AdversarialCache, CorruptCacheWarning
 from advlib.data import VOCDataset, collate
-from advlib.robustness import AdversarialCache, Transfer, adversarial_images, robustness_table, sweep
+from advlib.robustness import Transfer, adversarial_images, robustness_table, sweep
 from conftest import make_model
 
 CLASSES = tuple(f"c{i}" for i in range(1, 13))
@@ -115,7 +116,7 @@ def test_task_domains_embedding(models, data):
 
 
 def test_result_cache_makes_a_second_table_and_sweep_attack_free(models, data, tmp_path, monkeypatch):
-    from advlib.zoo import ResultCache
+    from advlib.cache import ResultCache
 
     images, targets = data
     rc = ResultCache(tmp_path / "results", enabled=True)
@@ -151,7 +152,7 @@ def test_result_cache_makes_a_second_table_and_sweep_attack_free(models, data, t
 
 
 def test_result_cache_survives_a_torn_file_and_can_be_disabled(tmp_path):
-    from advlib.zoo import ResultCache
+    from advlib.cache import ResultCache
 
     rc = ResultCache(tmp_path, enabled=True)
     calls = []
@@ -159,7 +160,8 @@ def test_result_cache_survives_a_torn_file_and_can_be_disabled(tmp_path):
     assert rc.cached(lambda: calls.append(1) or {"x": 9.0}, a=1) == {"x": 1.5} and len(calls) == 1
     (f,) = list(tmp_path.glob("*.json"))
     f.write_text("{not json")
-    assert rc.cached(lambda: calls.append(1) or {"x": 2.5}, a=1) == {"x": 2.5} and len(calls) == 2
+    with pytest.warns(CorruptCacheWarning, match="unreadable"):
+        assert rc.cached(lambda: calls.append(1) or {"x": 2.5}, a=1) == {"x": 2.5} and len(calls) == 2
     off = ResultCache(tmp_path, enabled=False)
     assert off.cached(lambda: calls.append(1) or {"x": 3.5}, a=1) == {"x": 3.5} and len(calls) == 3
 
@@ -186,3 +188,64 @@ def test_sweep_curves_reuse_the_shared_point(models, data, monkeypatch):
     assert float(e[e.eps_px.round(3) == 8.0]["map"].iloc[0]) == float(s[s.steps == 2]["map"].iloc[0])
     ref = real(models["A"], spec, images, targets, len(CLASSES), eps=[8 / 255], progress=False)
     assert float(ref["map"].iloc[0]) == pytest.approx(float(s[s.steps == 2]["map"].iloc[0]), abs=1e-9)
+
+
+def test_transfer_sets_are_keyed_by_the_evaluated_subset(models, tiny_test, tmp_path):
+    images, targets = collate([tiny_test[i] for i in range(6)])
+    cache = AdversarialCache(tmp_path)
+    attacks = {"from A": Transfer("A", pgd("cls", steps=1))}
+    for n in (4, 6):  # same data_id, other images: a new set, not the 4-image one
+        t = robustness_table(models, attacks, images[:n], targets[:n], CLASSES, cache=cache, data_id="tiny",
+                             progress=False, result_cache=False)
+        assert not any(c.cached for c in t.cells)
+    sets = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [len((p / "ImageSets" / "Main" / "test.txt").read_text().split()) for p in sets] in ([4, 6], [6, 4])
+
+
+def test_malformed_cached_cells_and_sweep_rows_are_recomputed(models, data, tmp_path):
+    from advlib.cache import ResultCache
+
+    images, targets = data
+    rc = ResultCache(tmp_path, enabled=True)
+    spec = pgd("cls", steps=1)
+    t1 = robustness_table({"A": models["A"]}, {"clean": None, "white": spec}, images, targets, CLASSES,
+                          progress=False, result_cache=rc)
+    s1 = sweep(models["A"], spec, images, targets, len(CLASSES), steps=[0, 1], progress=False, result_cache=rc)
+    files = sorted(tmp_path.glob("*.json"))
+    assert len(files) == 3
+    for bad in ('{"value": "garbage"}', '{"value": {"map": "x"}}', '{"value": [{"map": 1.0}]}'):
+        for f in files:
+            f.write_text(bad)
+        with pytest.warns(CorruptCacheWarning):
+            t2 = robustness_table({"A": models["A"]}, {"clean": None, "white": spec}, images, targets, CLASSES,
+                                  progress=False, result_cache=rc)
+            s2 = sweep(models["A"], spec, images, targets, len(CLASSES), steps=[0, 1], progress=False,
+                       result_cache=rc)
+        assert not any(c.result_cached for c in t2.cells)
+        assert np.allclose(t1.frame.values, t2.frame.values) and list(s1["map"]) == list(s2["map"])
+
+
+def test_white_box_cells_are_evaluated_on_8bit_images(models, data, monkeypatch):
+    import advlib.robustness as rob
+    from advlib.evaluate import evaluate_voc
+
+    images, targets = data
+    seen = []
+    real_detect = rob.detect_all
+
+    def recording(model, x, *a, **k):
+        seen.append(x.clone())
+        return real_detect(model, x, *a, **k)
+
+    monkeypatch.setattr(rob, "detect_all", recording)
+    spec = pgd("cls", steps=2, step_size=1.3 / 255)  # off-grid steps: unrounded images are not 8-bit
+    table = robustness_table({"A": models["A"]}, {"white": spec}, images, targets, CLASSES, progress=False,
+                             result_cache=False)
+    (x,) = seen
+    assert ((x * 255) - (x * 255).round()).abs().max() < 1e-4
+    raw = adversarial_images(models["A"], images, targets, spec, progress=False)
+    assert ((raw * 255) - (raw * 255).round()).abs().max() > 0.1  # the rounding did something
+    assert (x - images).abs().max() <= 8 / 255 + 1e-6
+    rounded = (raw.clamp(0, 1) * 255).round() / 255
+    expected = evaluate_voc(real_detect(models["A"], rounded), targets, len(CLASSES), class_names=CLASSES).map
+    assert table.get("A", "white") == pytest.approx(float(expected), abs=1e-9)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -91,3 +93,37 @@ def test_augmentation_keeps_boxes_on_the_objects():
                 bright = out[0, 0] > out[0, 0].mean()
                 # most of the box interior is bright, most of the image outside is not
                 assert bright[y1 + 2:y2 - 2, x1 + 2:x2 - 2].float().mean() > 0.9
+
+
+class _Planted:
+    """Unpickling this writes a file: what a planted checkpoint could do with ``weights_only=False``."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (exec, (f"open({self.target!r}, 'w').write('pwned')",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tiny_train, tmp_path):
+    target = tmp_path / "pwned.txt"
+    m = make_model(seed=0)
+    torch.save({"model": m.state_dict(), "epoch": 1, "history": [], "evil": _Planted(str(target))},
+               tmp_path / "last.pt")
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 1})
+    with pytest.warns(UserWarning, match="ignoring checkpoint"):
+        hist = train(make_model(seed=0), tiny_train, StandardRecipe(), cfg, checkpoint_dir=tmp_path, progress=False)
+    assert not target.exists() and [h["epoch"] for h in hist] == [1]
+
+
+def test_checkpoints_resume_under_weights_only(tiny_train, tmp_path):
+    m = make_model(seed=0)
+    train(m, tiny_train, StandardRecipe(), CFG, checkpoint_dir=tmp_path, progress=False, stop_after_epochs=1)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)  # tensors and JSON types only
+    assert state["epoch"] == 1 and state["cfg"]["milestones"] == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hist = train(make_model(seed=0), tiny_train, StandardRecipe(), CFG, checkpoint_dir=tmp_path,
+                     progress=False, stop_after_epochs=1)
+    assert not [w for w in caught if "ignoring checkpoint" in str(w.message)]
+    assert [h["epoch"] for h in hist] == [1, 2]  # epoch 1 came from the checkpoint, only epoch 2 ran

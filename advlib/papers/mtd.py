@@ -19,9 +19,9 @@ from advlib.attacks import AttackSpec, attack, fgsm, pgd, task_input_gradients
 from advlib.losses import batched_box_iou, match_anchors, pad_targets
 from advlib.recipes import RECIPES, AdversarialRecipe
 from advlib.results import Claim, Reported, check
-from advlib.robustness import adversarial_images, model_fingerprint
+from advlib.robustness import adversarial_images
 from advlib.utils import eval_mode, model_device, targets_to
-from advlib.zoo import ResultCache, data_fingerprint
+from advlib.cache import ResultCache, data_fingerprint, model_fingerprint
 
 EPS = 8 / 255
 SOURCE = "MTD (Zhang & Wang, ICCV 2019)"
