@@ -207,6 +207,8 @@ class VOCDataset(DetectionDataset):
             splits = list(dict.fromkeys([*(pair or ()), split]))
             per_split = voc_split_names(self.root, splits, {split: records})
             available = tuple(sorted({n for c in per_split.values() for n in c}))
+            if not available and classes is not None:  # no objects anywhere: nothing to match against
+                available = check_classes(classes, "the classes argument")
             if not available:
                 raise ValueError(f"no objects in the splits {splits} of {self.root} to take class names from; "
                                  f"write {self.root / 'classes.txt'} (one name per line) or pass classes=")
