@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -105,7 +104,3 @@ def resolve_classes(root: PathLike, data_format: str, splits: str | Sequence[str
         warn_empty_classes(path, names[0], {c: counts.get(c, 0) for c in classes})
     return classes
 
-
-def count_names(names: Sequence[Sequence[str]]) -> Counter:
-    """Objects per class name over a list of per-image name lists."""
-    return Counter(n for image in names for n in image)
