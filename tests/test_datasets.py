@@ -143,8 +143,10 @@ def test_voc_non_square_size_and_drop_difficult(voc: Path) -> None:
 def test_voc_classes_sources(voc: Path) -> None:
     assert VOCDataset(voc, split="test").classes == ("cat", "dog", "person")  # from trainval, not test
     assert resolve_classes(voc, "voc", "test") == ("cat", "dog", "person")
-    ds = VOCDataset(voc, classes=["dog", "cat", "person", "horse"], size=32)
+    ds = VOCDataset(voc, classes=["dog", "cat", "person"], size=32)
     assert ds.annotation(0)["labels"].tolist() == [1, 2]
+    with pytest.raises(ValueError, match=r"class 'horse' is not in the data .*available classes: \['cat', 'dog', 'person'\]"):
+        VOCDataset(voc, classes=["dog", "cat", "person", "horse"], size=32)
     (year_dir(voc) / "classes.txt").write_text("person\n\ndog\ncat\n")
     ds = VOCDataset(voc, size=32)
     assert ds.classes == ("person", "dog", "cat") and ds.annotation(0)["labels"].tolist() == [2, 3]
@@ -227,12 +229,15 @@ NO_YMAX = voc_xml(40, 30, [("dog", 1, 1, 10, 10, 0)]).replace("<ymax>10</ymax>",
     (voc_xml(40, 30, [("dog", 1, 5, 10, 3, 0)]), None, r"object 0 .* is empty: x2 <= x1 or y2 <= y1"),
     (voc_xml(40, 30, [("dog", 1, 1, 42, 10, 0)]), None, r"object 0 .*= \(1.0, 1.0, 42.0, 10.0\) lies outside the 40x30"),
     (voc_xml(40, 30, [("dog", -1, 1, 10, 10, 0)]), None, r"object 0 .* lies outside the 40x30"),
-    (voc_xml(40, 30, [("cat", 1, 1, 10, 10, 0), ("dog", 1, 1, 10, 10, 0)]), ("cat", "bird"),
+    (voc_xml(40, 30, [("cat", 1, 1, 10, 10, 0), ("dog", 1, 1, 10, 10, 0)]), "classes.txt: cat, bird",
      r"object 1 has class 'dog', which is not in the class list \['cat', 'bird'\]"),
     ("<annotation><size>", None, r"not valid XML"),
 ])
 def test_voc_annotation_errors(tmp_path: Path, xml: str, classes, pattern: str) -> None:
     write_voc(tmp_path, {"x": (Image.new("RGB", (40, 30)), ".jpg", xml)}, {"trainval": ["x"]})
+    if isinstance(classes, str):  # a classes.txt that lacks a class of the annotations
+        (tmp_path / "classes.txt").write_text("\n".join(classes.split(": ")[1].split(", ")), encoding="utf-8")
+        classes = None
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / "Annotations" / "x.xml")) + ": " + pattern):
         VOCDataset(tmp_path, classes=classes)
 
@@ -252,6 +257,7 @@ def test_voc_file_errors(voc: Path) -> None:
     (year_dir(voc) / "classes.txt").write_text("cat\ncat\n")
     with pytest.raises(ValueError, match=r"classes\.txt has duplicates: \['cat'\]"):
         VOCDataset(voc)
+    (year_dir(voc) / "classes.txt").unlink()  # classes= is matched against classes.txt when there is one
     for bad in [(0, 64), (64,), "ab", 1.5, (32.0, 32), -3]:
         with pytest.raises(ValueError, match="size must be a positive int or a pair"):
             VOCDataset(voc, size=bad, classes=["cat", "dog", "person"])
@@ -312,7 +318,10 @@ def test_coco_errors(tmp_path: Path) -> None:
         COCODataset(root, split="val")
     with pytest.raises(ValueError, match=re.escape(str(ann)) + r": annotation 7 has class 'zebra', which is not in "
                        r"the class list \['bird'\]"):
-        COCODataset(root, split="val", classes=["bird"])
+        (root / "classes.txt").write_text("bird\n", encoding="utf-8")  # classes.txt lacks zebra
+        COCODataset(root, split="val")
+    (root / "classes.txt").unlink()
+    assert COCODataset(root, split="val", classes=["bird"]).annotation(1)["labels"].tolist() == []  # zebra dropped
     data = json.loads(ann.read_text())
     ann.write_text(json.dumps({**data, "annotations": [], "images": data["images"] + [
         {"id": 4, "file_name": "4.png", "width": 5, "height": 5}]}))

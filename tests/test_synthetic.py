@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -233,3 +234,45 @@ def test_bad_config(tmp_path: Path, field: str, value: object) -> None:
 def test_bad_seed(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="seed"):
         generate_voc(tmp_path / "x", seed=-1, config=TINY, progress=False)
+
+
+def _old_annotation_xml(image_id: str, n: int, objects) -> str:
+    """The generator's own VOC writer before it moved to ``voc_annotation_xml`` (kept verbatim as
+    the reference that the shared writer must reproduce byte for byte)."""
+    parts = [f"<annotation>\n\t<folder>SyntheticShapes</folder>\n\t<filename>{image_id}.jpg</filename>\n"
+             "\t<source>\n\t\t<database>advlib synthetic shapes</database>\n\t</source>\n"
+             f"\t<size>\n\t\t<width>{n}</width>\n\t\t<height>{n}</height>\n\t\t<depth>3</depth>\n"
+             "\t</size>\n\t<segmented>0</segmented>\n"]
+    for o in objects:
+        x1, y1, x2, y2 = o.box
+        parts.append(f"\t<object>\n\t\t<name>{o.name}</name>\n\t\t<pose>Unspecified</pose>\n"
+                     f"\t\t<truncated>0</truncated>\n\t\t<difficult>{int(o.difficult)}</difficult>\n"
+                     f"\t\t<bndbox>\n\t\t\t<xmin>{x1 + 1}</xmin>\n\t\t\t<ymin>{y1 + 1}</ymin>\n"
+                     f"\t\t\t<xmax>{x2}</xmax>\n\t\t\t<ymax>{y2}</ymax>\n\t\t</bndbox>\n\t</object>\n")
+    parts.append("</annotation>\n")
+    return "".join(parts)
+
+
+def test_shared_writer_reproduces_the_old_annotations(tmp_path: Path) -> None:
+    root = generate_voc(tmp_path / "shapes", seed=7, config=TINY, progress=False)
+    for index in range(0, TINY.n_trainval + TINY.n_test, 3):
+        _, objects = render_sample(7, index, TINY)
+        text = (root / "Annotations" / f"{index:06d}.xml").read_text(encoding="utf-8")
+        assert text == _old_annotation_xml(f"{index:06d}", TINY.image_size, objects)
+
+
+def test_stale_tmp_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is now free (reuse within the test is vanishingly unlikely)
+    stale = tmp_path / f"shapes.tmp-{dead.pid}"
+    (stale / "JPEGImages").mkdir(parents=True)
+    live = tmp_path / f"shapes.tmp-{os.getppid()}"  # the parent process is alive: kept
+    live.mkdir()
+    other = tmp_path / f"other.tmp-{dead.pid}"  # another dataset's folder: not ours to remove
+    other.mkdir()
+    generate_voc(tmp_path / "shapes", seed=1, config=TINY, progress=False)
+    assert not stale.exists() and live.is_dir() and other.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["shapes", live.name, other.name])

@@ -1,46 +1,35 @@
 """Data: detection datasets (VOC / COCO layout) yielding ``[3, H, W]`` images in ``[0, 1]`` and
 target dicts (``boxes`` xyxy in model-input pixels, ``labels`` in ``1..C``, ``difficult``).
 
-``advlib.data.synthetic`` (the generated default dataset, written in VOC layout) is a submodule of
-this package and is imported lazily: ``advlib.data.synthetic`` works as an attribute without making
-``import advlib.data`` depend on it.
+Modules: ``layout`` (roots, splits), ``classes``, ``base`` (dataset base, concat, collate),
+``voc``, ``coco``, ``build``, ``validate``, ``images``, ``hashing``; ``synthetic`` and ``shapes``
+(the generated default dataset, written in VOC layout).
 """
 
-from importlib import import_module
-from typing import Any
-
-from advlib.data.datasets import (
-    COCODataset,
-    DetectionConcatDataset,
-    DetectionDataset,
-    VOCDataset,
-    build_dataset,
-    collate,
-    find_data_root,
-    resolve_classes,
-    voc0712,
-)
+from advlib.data.base import DetectionConcatDataset, DetectionDataset, collate
+from advlib.data.build import build_dataset
+from advlib.data.classes import resolve_classes
+from advlib.data.coco import COCODataset
+from advlib.data.hashing import hash_files
+from advlib.data.images import to_rgb
+from advlib.data.layout import find_data_root, resolve_splits
+from advlib.data.validate import validate_images
+from advlib.data.voc import VOCDataset, VOCObject, voc0712, voc_annotation_xml
 
 __all__ = [
     "COCODataset",
     "DetectionConcatDataset",
     "DetectionDataset",
     "VOCDataset",
+    "VOCObject",
     "build_dataset",
     "collate",
     "find_data_root",
+    "hash_files",
     "resolve_classes",
+    "resolve_splits",
+    "to_rgb",
+    "validate_images",
     "voc0712",
+    "voc_annotation_xml",
 ]
-
-# --- synthetic: OWNER TO WIRE ----------------------------------------------------------------
-# Re-export names from advlib/data/synthetic.py here once its API is fixed, e.g.
-#     from advlib.data.synthetic import make_synthetic_voc  # noqa: E402
-# and add them to __all__. Until then only the submodule itself is exposed, lazily (PEP 562).
-_LAZY_SUBMODULES = ("synthetic",)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_SUBMODULES:
-        return import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
