@@ -35,7 +35,7 @@ from filelock import FileLock
 from PIL import Image
 from torch import Tensor, nn
 
-from advlib.profiles import PROJECT_ROOT
+from advlib.paths import PROJECT_ROOT
 from advlib.results import to_jsonable
 
 log = logging.getLogger(__name__)
@@ -319,16 +319,13 @@ class ResultCache:
 
 # ------------------------------------------------------------------ adversarial test sets
 def _xml(image_id: str, size: tuple[int, int], target: dict, classes) -> str:
-    h, w = size
-    objs = []
-    diff = target.get("difficult", torch.zeros(len(target["labels"]), dtype=torch.bool))
-    for b, lab, d in zip(target["boxes"].tolist(), target["labels"].tolist(), diff.tolist()):
-        # VOC's 1-based convention: x1 = xmin - 1, x2 = xmax (floats kept exactly with repr)
-        objs.append(f"<object><name>{classes[lab - 1]}</name><difficult>{int(d)}</difficult><bndbox>"
-                    f"<xmin>{b[0] + 1!r}</xmin><ymin>{b[1] + 1!r}</ymin><xmax>{b[2]!r}</xmax><ymax>{b[3]!r}</ymax>"
-                    f"</bndbox></object>")
-    return (f"<annotation><filename>{image_id}.png</filename><size><width>{w}</width><height>{h}</height>"
-            f"<depth>3</depth></size>{''.join(objs)}</annotation>\n")
+    """The VOC annotation of one adversarial image (the one VOC writer, names escaped)."""
+    from advlib.data.voc import voc_annotation_xml
+
+    labels = target["labels"].tolist()
+    diff = target.get("difficult", torch.zeros(len(labels), dtype=torch.bool)).tolist()
+    objects = [(classes[lab - 1], tuple(b), bool(d)) for lab, b, d in zip(labels, target["boxes"].tolist(), diff)]
+    return voc_annotation_xml(f"{image_id}.png", size[1], size[0], objects)
 
 
 class AdversarialCache:

@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from advlib.profiles import PROJECT_ROOT
+from advlib.paths import PROJECT_ROOT
 
 
 def _cmd_data(args) -> int:

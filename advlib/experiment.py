@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -136,13 +135,18 @@ class Experiment:
         return ds
 
     def check_data(self) -> None:
-        """Read both splits and check every image now (before anything trains)."""
+        """Read both splits and check every image now (before anything trains); the data layer
+        warns once about each class without training objects."""
         _ = self.train_set, self.test_set
-        counts = self.train_set.objects_per_class()
-        missing = [c for c, n in zip(self.classes, counts) if n == 0]
-        if missing:
-            warnings.warn(f"classes with no training objects (kept; their AP is reported as "
-                          f"'no training objects'): {missing}", stacklevel=2)
+
+    @property
+    def untrained_classes(self) -> list[str]:
+        """Classes with no object in the training split (kept; per-class AP marks them)."""
+        return [c for c, n in self.train_set.objects_per_class().items() if n == 0]
+
+    def per_class_notes(self) -> dict[str, str]:
+        """``{class: "no training objects"}`` for the per-class AP tables and charts."""
+        return {c: "no training objects" for c in self.untrained_classes}
 
     @property
     def num_classes(self) -> int:
@@ -277,10 +281,9 @@ class Experiment:
         lines = [f"profile {p.name}: {len(self.train_set)} train ({p.train_split}) / {len(self.test_set)} test "
                  f"({p.test_split}) images, {self.num_classes} classes, {p.image_size} px, backbone {p.backbone}, "
                  f"device {self.device}; data {display_path(self.params.data_root)}"]
-        h, w = self.train_set.median_original_size()
-        if max(h, w) > 2 * p.image_size:
-            lines.append(f"note: images (median {w}x{h} px) are resized to {p.image_size}x{p.image_size}; "
-                         f"pass image_size=... for a larger input")
+        note = self.train_set.resize_note()
+        if note:
+            lines.append(f"note: {note}; pass image_size=... for a larger input")
         if self.params.user_data:
             lines.append(f"your data: results go to results/{self.output}/ and figures/{self.output}/; "
                          "the papers' columns are not comparable with these numbers")

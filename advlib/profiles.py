@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from advlib.paths import PROJECT_ROOT
 from advlib.train import TrainConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", data_format="synthetic", train_split="trainval", test_split="test", image_size=64,
         backbone="tiny_vgg", second_backbone="tiny_resnet", train=dataclasses.replace(_ADAMW, epochs=3),
-        finetune_epochs=1, n_trainval=160, n_test=32, eval_images=32, attack_steps=2, clean_map_floor=0.0,
+        finetune_epochs=1, n_trainval=160, n_test=32, eval_images=32, attack_steps=2,
     ),
     "default": Profile(
         name="default", data_format="synthetic", train_split="trainval", test_split="test", image_size=128,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from advlib.profiles import PROJECT_ROOT
+from advlib.paths import PROJECT_ROOT, display_path
 
 
 def output_dir(kind: str, run: str = "") -> Path:
@@ -34,16 +34,6 @@ def output_dir(kind: str, run: str = "") -> Path:
     d = base if run in ("", "default") else base / run
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def display_path(path: str | os.PathLike) -> str:
-    """``path`` relative to the project root when it lies inside it (POSIX form), else unchanged:
-    what results, identities and notebook output store instead of a machine's absolute path."""
-    p = Path(path)
-    try:
-        return p.resolve().relative_to(PROJECT_ROOT.resolve()).as_posix()
-    except (ValueError, OSError):
-        return str(path)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -132,7 +122,8 @@ def check(claim: str, holds, source: str = "", note: str = "", **numbers) -> Cla
 
 def gate_claims(claims: list[Claim], clean_map: float, floor: float) -> list[Claim]:
     """Mark every claim "not testable on this data" when the STD model's clean mAP is below
-    ``floor`` (a profile setting): comparisons of attacked models are noise on a detector that
+    ``floor`` (a profile setting; the smoke profile's untrained model sits far below it):
+    comparisons of attacked models, and the analyses behind them, are noise on a detector that
     detects nothing. The numbers are kept; the reason names both values."""
     if clean_map >= floor:
         return claims

@@ -51,7 +51,7 @@ def adversarial_images(model, images: Tensor, targets: list[dict] | None, spec: 
     """
     if targets is not None and len(targets) != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = torch.device(device) if device is not None else model_device(model)
     parts: list = []
     for i in tqdm(range(0, images.shape[0], batch_size), desc=spec.label(), disable=not progress, leave=False):
         x = images[i:i + batch_size].to(dev)
@@ -66,7 +66,7 @@ def adversarial_images(model, images: Tensor, targets: list[dict] | None, spec: 
 @torch.no_grad()
 def detect_all(model, images: Tensor, batch_size: int = 64) -> list[dict]:
     """Detections for a set of images, on the CPU."""
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     out = []
     for i in range(0, images.shape[0], batch_size):
         out.extend({k: v.cpu() for k, v in d.items()} for d in model.detect(images[i:i + batch_size].to(dev)))

@@ -19,7 +19,7 @@
 #
 # **Recipes.** The robust models are *fine-tuned from the cached STD model* (as CWAT and RobustDet do), not trained from scratch as MTD did: `budget.recipe_epochs` epochs (the profile's `finetune_epochs` when unset) at `profile.finetune_lr`. MTD uses one FGSM step of size ε from a shared random start in each domain (the paper's Algorithm 1).
 #
-# **Budgets.** Table images, sweep images, DAG steps, the second backbone's epochs and the seeds come from `advlib.profiles.BUDGETS` (printed below): the default profile uses subsets of the test set and caps DAG at 40 steps so that everything runs on 2 CPU cores; the voc profile uses the paper's settings. Every table cell records its attack spec, and every number is kept in the result cache (`data/cache/results`), so a re-run only re-draws the figures.
+# **Budgets.** Table images, sweep images, DAG steps, the second backbone's epochs and the seeds come from `advlib.profiles.BUDGETS` and `advlib.papers.mtd.BUDGETS` (printed below): the default profile uses subsets of the test set and caps DAG at 40 steps so that everything runs on 2 CPU cores; the voc profile uses the paper's settings. Every table cell records its attack spec, and every number is kept in the result cache (`data/cache/results`), so a re-run only re-draws the figures.
 
 # %% tags=["parameters"]
 import os
@@ -35,36 +35,28 @@ year = None           # VOC year (e.g. "2007") when data_root holds a VOCdevkit
 image_size = None     # None: the profile's input size; else the side in pixels (e.g. 300)
 
 # %%
-import json, time
-import matplotlib
+import time
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import display
 
-from advlib.experiment import Experiment
-from advlib.results import save_figure, save_json, check, scorecard
-
-torch.set_num_threads(max(1, torch.get_num_threads()))
-t_start = time.perf_counter()
-exp = Experiment(profile=profile, data_root=data_root, data_format=data_format, classes=classes,
-                 device=device, seed=seed)
-print(f"profile {exp.profile.name}: {len(exp.train_set)} train / {len(exp.test_set)} test images, "
-      f"{exp.num_classes} classes, {exp.profile.image_size} px, backbone {exp.profile.backbone}, device {exp.device}")
+from advlib.attacks import EPS, STEP, pgd, preset
+from advlib.experiment import setup
+from advlib.papers import mtd
 from advlib.profiles import get_budget
-from advlib.attacks import pgd, preset
+from advlib.results import gate_claims, mean_std_table, scorecard
 from advlib.robustness import Transfer, robustness_table, sweep_curves
-from advlib.analysis import gradient_cosine, task_domains, task_gradients, task_interaction, gradient_cosines
-from advlib.claims import mean_std_table, mtd_claims
 
-budget = get_budget(exp.profile)
-EPS, STEP = 8 / 255, 2 / 255
+t_start = time.perf_counter()
+exp = setup(profile=profile, data_root=data_root, data_format=data_format, classes=classes, device=device,
+            seed=seed, train_split=train_split, test_split=test_split, year=year, image_size=image_size)
+budget, mtd_budget = get_budget(exp.profile), mtd.budget(exp.profile.name)
 images, targets = exp.eval_data
 tab_x, tab_t = images[:budget.table_images], targets[:budget.table_images]
 ft = exp.finetune_config(budget.recipe_epochs)
-data_id = json.dumps(exp.test_set.identity())
-print(budget)
+print(budget, mtd_budget, sep="\n")
 print(f"robust recipes: fine-tuned from STD for {ft.epochs} epochs at lr {ft.lr}; "
       f"tables on {tab_x.shape[0]} test images")
 
@@ -73,11 +65,11 @@ print(f"robust recipes: fine-tuned from STD for {ft.epochs} epochs at lr {ft.lr}
 
 # %%
 t0 = time.perf_counter()
-models = {"STD": exp.model("std")}
-train_info = {"STD": exp.last_meta.get("train_seconds")}
+trained = {"STD": exp.trained("std")}
 for name in ("cls", "loc", "con", "mtd"):
-    models[name.upper()] = exp.model(name, parent="std", cfg=ft)
-    train_info[name.upper()] = exp.last_meta.get("train_seconds")
+    trained[name.upper()] = exp.trained(name, parent="std", cfg=ft)
+models = {k: tm.model for k, tm in trained.items()}
+train_info = {k: tm.meta.get("train_seconds") for k, tm in trained.items()}
 print(f"models ready in {time.perf_counter() - t0:.0f} s; training seconds when trained: {train_info}")
 
 # %% [markdown]
@@ -86,7 +78,7 @@ print(f"models ready in {time.perf_counter() - t0:.0f} s; training seconds when 
 
 # %%
 std = models["STD"]
-fig3a = task_interaction(std, images, targets, EPS)
+fig3a = mtd.task_interaction(std, images, targets, EPS)
 fig3a_df = pd.DataFrame({k: fig3a[k] for k in ("clean", "A_cls", "A_loc")}).T
 display(fig3a_df.round(3))
 print("paper (Fig. 3a, bar chart; no numbers in the text): each one-step task attack lowers both the "
@@ -95,7 +87,7 @@ fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
 for ax, key in zip(axes, ("accuracy", "mean_iou")):
     ax.bar(fig3a_df.index, fig3a_df[key], color=["#4363d8", "#e6194b", "#3cb44b"])
     ax.set_title(key.replace("_", " ") + " on candidate anchors")
-save_figure(fig, "01_fig3a_task_interaction", exp.profile.name)
+exp.save_figure(fig, "01_fig3a_task_interaction")
 plt.show()
 
 # %% [markdown]
@@ -103,43 +95,45 @@ plt.show()
 # Element-wise scatter of the input gradients of the two task losses for one image, and their cosine similarity over the table images.
 
 # %%
-cosines = gradient_cosines(std, tab_x, tab_t)
-g_cls, g_loc = task_gradients(std, images[:1], targets[:1])
+cosines = mtd.gradient_cosines(std, tab_x, tab_t)
+g_cls, g_loc = mtd.task_gradients(std, images[:1], targets[:1])
 fig, ax = plt.subplots(figsize=(4, 4))
 a, b = g_cls.flatten().numpy(), g_loc.flatten().numpy()
 ax.scatter(a / np.abs(a).max(), b / np.abs(b).max(), s=1, alpha=0.3)
 ax.set_xlabel("∇x L_cls (scaled)"); ax.set_ylabel("∇x L_loc (scaled)")
-ax.set_title(f"one image: cos = {float(gradient_cosine(g_cls, g_loc)[0]):.3f}")
-save_figure(fig, "01_fig3b_gradient_scatter", exp.profile.name)
+ax.set_title(f"one image: cos = {float(mtd.gradient_cosine(g_cls, g_loc)[0]):.3f}")
+exp.save_figure(fig, "01_fig3b_gradient_scatter")
 plt.show()
 print(f"cosine(∇L_cls, ∇L_loc) over {len(cosines)} images: mean {cosines.mean():.3f} ± {cosines.std():.3f}")
 
 # %% [markdown]
 # ## Fig. 4: the two task domains, seen through t-SNE
-# Adversarial examples of one clean image from random starts, for each task loss (PGD-10, ε = 8/255); separability is the 5-fold k-NN accuracy of the task label (0.5 = inseparable).
+# Adversarial examples of one clean image from random starts, for each task loss (PGD, ε = 8/255, the profile's steps); separability is the 5-fold k-NN accuracy of the task label (0.5 = inseparable).
 
 # %%
-td = task_domains(std, images[0], targets[0], pgd("cls", EPS, STEP, exp.profile.attack_steps),
-                  n=budget.tsne_starts, seed=seed)
+td_spec = pgd("cls", EPS, STEP, exp.profile.attack_steps)
+td = mtd.task_domains(std, images[0], targets[0], td_spec, n=mtd_budget.tsne_starts, seed=seed)
+print(f"spec: {td_spec.label()} from {mtd_budget.tsne_starts} random starts per task")
 fig, ax = plt.subplots(figsize=(4, 4))
 for k, (lab, col) in enumerate((("A_cls", "#e6194b"), ("A_loc", "#4363d8"))):
     pts = td.embedding[td.task == k]
     ax.scatter(pts[:, 0], pts[:, 1], s=12, c=col, label=lab)
 ax.legend(); ax.set_title(f"k-NN accuracy {td.knn_accuracy:.2f} (t-SNE plane {td.knn_accuracy_2d:.2f})")
-save_figure(fig, "01_fig4_tsne", exp.profile.name)
+exp.save_figure(fig, "01_fig4_tsne")
 plt.show()
 
 # %% [markdown]
 # ## Figs. 5 and 6: mAP as the attack gets stronger
-# STD, CLS and LOC under A_cls and A_loc: steps 1..20 at ε = 8/255, and ε = 2..10/255 at 20 steps (step 2/255). A k-step PGD is the prefix of a longer one, so each steps curve is one 20-step run, and the ε = 8 point of the ε curve is that run's end.
+# STD, CLS and LOC under A_cls and A_loc: steps 1..`budget.sweep_steps` at ε = 8/255, and ε = 2..10/255 at that many steps (step 2/255). A k-step PGD is the prefix of a longer one, so each steps curve is one run, and the ε = 8 point of the ε curve is that run's end.
 
 # %%
 sw_x, sw_t = images[:budget.sweep_images], targets[:budget.sweep_images]
 steps_grid = [k for k in (0, 1, 2, 3, 5, 10, 20) if k <= budget.sweep_steps]
 eps_grid = [2 / 255, 4 / 255, 6 / 255, 8 / 255, 10 / 255]
-curves = sweep_curves({m: models[m] for m in ("STD", "CLS", "LOC")},
-                      {"A_" + t: pgd(t, EPS, STEP, budget.sweep_steps, seed=seed) for t in ("cls", "loc")},
-                      sw_x, sw_t, exp.num_classes, steps=steps_grid, eps=eps_grid)
+sweep_specs = {"A_" + t: pgd(t, EPS, STEP, budget.sweep_steps, seed=seed) for t in ("cls", "loc")}
+print("sweep specs:", {k: v.label() for k, v in sweep_specs.items()})
+curves = sweep_curves({m: models[m] for m in ("STD", "CLS", "LOC")}, sweep_specs, sw_x, sw_t, exp.num_classes,
+                      steps=steps_grid, eps=eps_grid)
 fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharey=True)
 for (kind, xcol), row in zip((("steps", "steps"), ("eps", "eps_px")), axes):
     for ax, atk in zip(row, ("A_cls", "A_loc")):
@@ -149,30 +143,29 @@ for (kind, xcol), row in zip((("steps", "steps"), ("eps", "eps_px")), axes):
         ax.set_title(f"{atk} ({'Fig. 5' if kind == 'steps' else 'Fig. 6'})"); ax.set_xlabel(xcol); ax.legend()
 axes[0][0].set_ylabel("mAP"); axes[1][0].set_ylabel("mAP")
 fig.tight_layout()
-save_figure(fig, "01_fig5_fig6_sweeps", exp.profile.name)
+exp.save_figure(fig, "01_fig5_fig6_sweeps")
 plt.show()
 
 # %% [markdown]
 # ## Table 2: task domains and attacks from the literature
-# ε = 8/255; A_cls / A_loc are PGD-10 (step 2/255); DAG uses L∞-normalised steps of γ = 0.5/255 bounded by ε with early stop (`budget.dag_steps` iterations); RAP is 10 mean-L1-normalised steps.
+# ε = 8/255 for every attack; each column's spec (steps, step size, update rule) is printed below from the spec that ran and stored with every cell in the results file.
 
 # %%
 k = exp.profile.attack_steps
 attacks = {"clean": None, "A_cls": preset("A_cls", steps=k, seed=seed), "A_loc": preset("A_loc", steps=k, seed=seed),
-           "DAG": preset("DAG", steps=budget.dag_steps, seed=seed), "RAP": preset("RAP", steps=k, seed=seed)}
-t2 = robustness_table(models, attacks, tab_x, tab_t, exp.classes, data_id=data_id)
+           "DAG": preset("DAG", steps=budget.dag_steps, seed=seed), "RAP": preset("RAP", seed=seed)}
+print({name: (spec.label() + f", {spec.update} steps of {spec.step_size * 255:g}/255") for name, spec in attacks.items()
+       if spec is not None})
+t2 = robustness_table(models, attacks, tab_x, tab_t, exp.classes, data_id=exp.data_id)
 table2 = t2.frame
 robust = ["CLS", "LOC", "CON", "MTD"]
 table2.loc["ours avg"] = table2.loc[robust].mean()
-paper2 = pd.DataFrame({"clean": [72.1, 46.7, 51.9, 38.7, 48.0, 46.3], "A_cls": [1.5, 21.8, 23.7, 18.3, 29.1, 23.2],
-                       "A_loc": [0.0, 32.2, 26.5, 27.2, 31.9, 29.4], "DAG": [0.3, 28.0, 17.2, 26.4, 28.5, 25.0],
-                       "RAP": [6.6, 43.4, 43.6, 40.8, 44.9, 43.2]},
-                      index=["STD", "CLS", "LOC", "CON", "MTD", "ours avg"]) / 100
-display(pd.concat({"ours": table2, "paper (VOC07, SSD-VGG16)": paper2}, axis=1).round(3))
+paper2 = mtd.TABLE2.frame()
+display(pd.concat({"ours": table2, mtd.TABLE2.label: paper2}, axis=1).round(3))
 fig, ax = plt.subplots(figsize=(8, 3))
 table2.drop(index="ours avg").T.plot.bar(ax=ax, rot=0, width=0.8)
 ax.set_ylabel("mAP@0.5"); ax.set_title("Table 2 (ours)"); ax.legend(ncol=5, fontsize=8)
-save_figure(fig, "01_table2", exp.profile.name)
+exp.save_figure(fig, "01_table2")
 plt.show()
 
 # %% [markdown]
@@ -184,7 +177,7 @@ seed_rows = []
 for s in budget.seeds:
     ms = {"STD": exp.model("std", seed=s),
           "MTD": exp.model("mtd", seed=s, parent="std", cfg=exp.finetune_config(budget.recipe_epochs, seed=s))}
-    tb = robustness_table(ms, attacks, tab_x, tab_t, exp.classes, progress=False, data_id=data_id)
+    tb = robustness_table(ms, attacks, tab_x, tab_t, exp.classes, progress=False, data_id=exp.data_id)
     seed_rows += [{"seed": s, "model": c.model, "attack": c.attack, "map": c.map, "spec": c.spec} for c in tb.cells]
 seed_df = mean_std_table(seed_rows)
 display(seed_df)
@@ -195,7 +188,7 @@ for off, m in ((-0.2, "STD"), (0.2, "MTD")):
     ax.bar(np.arange(len(g.mean())) + off, g.mean(), 0.4, yerr=g.std(ddof=1).fillna(0), capsize=3, label=m)
 ax.set_xticks(range(len(attacks)), list(attacks)); ax.set_ylabel("mAP@0.5")
 ax.set_title(f"STD vs MTD over seeds {list(budget.seeds)} (mean ± std)"); ax.legend()
-save_figure(fig, "01_table2_seeds", exp.profile.name)
+exp.save_figure(fig, "01_table2_seeds")
 plt.show()
 
 # %% [markdown]
@@ -204,41 +197,43 @@ plt.show()
 
 # %%
 from dataclasses import replace
+
 from advlib.train import TrainConfig
 
 bb2 = exp.profile.second_backbone
-cfg2 = replace(TrainConfig.from_profile(exp.profile, seed=seed), epochs=budget.second_backbone_epochs)
+cfg2 = replace(TrainConfig.from_profile(exp.profile, seed=seed), epochs=mtd_budget.second_backbone_epochs)
 std2 = exp.model("std", backbone=bb2, cfg=cfg2)
 mtd2 = exp.model("mtd", backbone=bb2, parent="std", parent_cfg=cfg2,
-                 cfg=exp.finetune_config(budget.second_finetune_epochs))
+                 cfg=exp.finetune_config(mtd_budget.second_finetune_epochs))
 lit = {"DAG": attacks["DAG"], "RAP": attacks["RAP"]}
 t3 = robustness_table({f"STD {exp.profile.backbone}": models["STD"], f"MTD {exp.profile.backbone}": models["MTD"],
                        f"STD {bb2}": std2, f"MTD {bb2}": mtd2}, {"clean": None, **lit}, tab_x, tab_t, exp.classes,
-                      data_id=data_id)
-paper3 = pd.DataFrame({"DAG": [0.3, 28.5, 0.4, 22.9], "RAP": [6.6, 44.9, 8.8, 39.1]},
-                      index=["STD VGG16", "MTD VGG16", "STD ResNet50", "MTD ResNet50"]) / 100
-display(t3.frame.round(3)); display(paper3)
+                      data_id=exp.data_id)
+display(t3.frame.round(3))
+display(mtd.TABLE3.frame().rename_axis(mtd.TABLE3.label))
 transfer = {f"{k} from STD {bb2}": Transfer("src", v) for k, v in lit.items()}
 t5 = robustness_table({"MTD": models["MTD"]}, {**lit, **transfer}, tab_x, tab_t, exp.classes,
-                      sources={"src": std2}, data_id=data_id)
+                      sources={"src": std2}, data_id=exp.data_id)
 display(t5.frame.round(3))
-print("paper Table 5 (MTD SSD+VGG16 under attacks transferred from SSD+ResNet50): DAG 49.3, RAP 49.4; clean 48.0")
+display(mtd.TABLE5.frame().rename_axis(mtd.TABLE5.label))
 
 # %% [markdown]
 # ## Claims scorecard
-# Each verdict is computed by `advlib.claims.mtd_claims` from the numbers above, in this run.
+# Each verdict is computed by `advlib.papers.mtd.claims` from the numbers above, in this run; below the profile's clean-mAP floor they are "not testable on this data".
 
 # %%
-claims = mtd_claims(table2, fig3a, float(cosines.mean()), curves, t5.frame, robust=robust,
+claims = mtd.claims(table2, fig3a, float(cosines.mean()), curves, t5.frame, robust=robust,
                     few_steps=min(3, budget.sweep_steps), knn_accuracy=td.knn_accuracy)
+claims = gate_claims(claims, float(table2.loc["STD", "clean"]), exp.profile.clean_map_floor)
 display(scorecard(claims))
-results = {"notebook": "01_mtd_task_domains", "profile": exp.profile.to_dict(), "budget": budget.__dict__, "seed": seed,
+results = {"notebook": "01_mtd_task_domains", "profile": exp.profile.to_dict(), "budget": budget.__dict__,
+           "mtd_budget": mtd_budget.__dict__, "seed": seed,
            "recipes": {"finetune_from": "STD", "epochs": ft.epochs, "lr": ft.lr},
            "tables": {"fig3a": fig3a,
                       "fig3b": {"mean_cosine": float(cosines.mean()), "std": float(cosines.std())},
                       "fig4": {"knn_accuracy": td.knn_accuracy, "knn_accuracy_2d": td.knn_accuracy_2d, "spec": td.spec},
                       "fig5_fig6": curves, "table2": {"ours": table2, "paper": paper2, "cells": t2.to_dict()["cells"]},
                       "table2_seeds": {"rows": seed_rows, "mean_std": seed_df},
-                      "table3": {"ours": t3.to_dict(), "paper": paper3}, "table5": t5.to_dict()},
+                      "table3": {"ours": t3.to_dict(), "paper": mtd.TABLE3.to_dict()}, "table5": t5.to_dict()},
            "models": train_info, "claims": [c.to_dict() for c in claims], "seconds": time.perf_counter() - t_start}
-print("wrote", save_json(results, "01_mtd.json", exp.profile.name))
+print("wrote", exp.save_json(results, "01_mtd.json"))

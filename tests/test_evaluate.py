@@ -24,9 +24,9 @@ from advlib.evaluate import (  # noqa: E402
     box_iou_numpy,
     evaluate_coco,
     evaluate_voc,
-    plot_pr_curves,
     voc_ap,
 )
+from advlib.plots import plot_pr_curves  # noqa: E402
 
 
 def det(boxes, scores, labels):

@@ -5,11 +5,26 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from advlib.papers.mtd import claims as mtd_claims
 from advlib.results import mean_std_table
+from conftest import make_model
+
+
+@pytest.fixture(scope="module")
+def data(tiny_test):
+    from advlib.data import collate
+
+    return collate([tiny_test[i] for i in range(4)])
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"A": make_model(seed=1).eval()}
 
 
 def _table2():
@@ -91,3 +106,52 @@ def test_mean_std_table_by_hand():
     t = mean_std_table(rows)
     assert t.loc["STD", "clean"] == f"0.8 ± {round(math.sqrt(0.01), 3)}"  # sample std of .7/.8/.9 = 0.1
     assert t.loc["MTD", "clean"] == "0.5 ± 0.0" and list(t["n"]) == [3, 3]
+
+
+# ------------------------------------------------------------------------------ analyses
+def test_candidate_metrics_by_construction(data):
+    images, targets = data
+    m = make_model(seed=3).eval()
+    # force every anchor to predict class 1 with zero offsets: accuracy = share of class-1 candidates,
+    # IoU = prior IoU with the ground truth
+    with torch.no_grad():
+        for layer in m.head.classification_head.module_list:
+            layer.weight.zero_(); layer.bias.zero_()
+            layer.bias.view(-1, 13)[:, 1] = 10.0
+        for layer in m.head.regression_head.module_list:
+            layer.weight.zero_(); layer.bias.zero_()
+    from advlib.papers.mtd import candidate_anchor_metrics
+
+    res = candidate_anchor_metrics(m, images, targets)
+    from advlib.losses import batched_box_iou, pad_targets
+
+    gb, gl = pad_targets(targets)
+    iou = batched_box_iou(gb, m.anchors)
+    iou = torch.where(gl[..., None] > 0, iou, torch.full_like(iou, -1.0))
+    best, obj = iou.max(1)
+    cand = best > 0.5
+    assert res["candidates"] == int(cand.sum())
+    assert res["accuracy"] == pytest.approx(float((gl.gather(1, obj)[cand] == 1).float().mean()))
+    assert res["mean_iou"] == pytest.approx(float(best[cand].mean()), rel=1e-4)
+
+
+def test_task_gradients_and_cosine(models, data):
+    images, targets = data
+    from advlib.papers.mtd import gradient_cosine, task_gradients
+
+    g_cls, g_loc = task_gradients(models["A"], images[:2], targets[:2])
+    assert g_cls.shape == images[:2].shape and g_cls.abs().sum() > 0 and g_loc.abs().sum() > 0
+    cos = gradient_cosine(g_cls, g_loc)
+    assert cos.shape == (2,) and (cos.abs() <= 1 + 1e-6).all()
+    assert gradient_cosine(g_cls, 3 * g_cls).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
+def test_task_domains_embedding(models, data):
+    images, targets = data
+    from advlib.attacks import pgd
+    from advlib.papers.mtd import task_domains
+
+    td = task_domains(models["A"], images[0], targets[0], pgd("cls", steps=2), n=8, k=3)
+    assert td.embedding.shape == (16, 2) and td.perturbations.shape[0] == 16
+    assert 0.0 <= td.knn_accuracy <= 1.0
+    assert np.abs(td.perturbations).max() <= 8 / 255 + 1e-6

@@ -11,11 +11,13 @@ from advlib.profiles import PROFILES, get_profile, resolve_device, validate_para
 def test_profiles_exist_and_are_frozen():
     assert set(PROFILES) >= {"smoke", "default", "voc", "coco"}
     with pytest.raises(Exception):
-        PROFILES["default"].epochs = 3
+        PROFILES["default"].image_size = 3
 
 
 def test_overrides_and_errors():
-    assert get_profile("smoke", epochs=1).epochs == 1
+    prof = get_profile("smoke", epochs=1, eval_images=8)
+    assert prof.train.epochs == 1 and prof.eval_images == 8  # schedule fields go to profile.train
+    assert PROFILES["smoke"].train.epochs == 3  # the registered profile is untouched
     with pytest.raises(ValueError, match="unknown profile"):
         get_profile("huge")
     with pytest.raises(ValueError, match="unknown profile field"):
@@ -39,7 +41,19 @@ def test_validate_params(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         validate_params("smoke", data_root=tmp_path / "missing")
     coco = validate_params("coco", data_root=tmp_path, data_format="coco")
-    assert coco.profile.train_split == "train2017"
+    assert coco.profile.train_split is None and coco.user_data  # detected from the data
+    mine = validate_params("default", data_root=tmp_path, train_split="train", test_split="val", year=2012,
+                           image_size=96)
+    assert (mine.profile.train_split, mine.profile.test_split, mine.year) == ("train", "val", "2012")
+    assert mine.profile.image_size == 96 and mine.profile.data_format == "voc"
+    with pytest.raises(ValueError, match="image_size"):
+        validate_params("smoke", image_size=16)
+    with pytest.raises(ValueError, match="train_split"):
+        validate_params("smoke", train_split="")
+    with pytest.raises(ValueError, match="year"):
+        validate_params("smoke", year="VOC2012")
+    with pytest.raises(ValueError, match="case-insensitively"):
+        validate_params("smoke", classes="Cat,cat")
 
 
 def test_device():
@@ -56,12 +70,13 @@ def test_budgets_are_validated_and_the_default_one_has_three_seeds():
 
     assert len(BUDGETS["default"].seeds) == 3 and BUDGETS["default"].recipe_epochs == 2
     assert get_budget(get_profile("smoke")) is BUDGETS["smoke"]
+    ok = dict(table_images=8, sweep_images=8, dag_steps=3, seeds=(0,))
     with pytest.raises(ValueError, match="table_images"):
-        Budget(0, 8, 3, 1, 1, (0,), 8)
+        Budget(**{**ok, "table_images": 0})
     with pytest.raises(ValueError, match="seeds"):
-        Budget(8, 8, 3, 1, 1, (), 8)
+        Budget(**{**ok, "seeds": ()})
     with pytest.raises(ValueError, match="recipe_epochs"):
-        Budget(8, 8, 3, 1, 1, (0,), 8, recipe_epochs=0)
+        Budget(**ok, recipe_epochs=0)
 
 
 def test_finetune_config_overrides_only_the_epochs(tiny_voc):
@@ -71,6 +86,10 @@ def test_finetune_config_overrides_only_the_epochs(tiny_voc):
     exp = Experiment("smoke", data_root=tiny_voc, progress=False, zoo_root=tiny_voc / "zoo")
     base = TrainConfig.from_profile(exp.profile, seed=0, finetune=True)
     assert exp.finetune_config() == base
+    # the fine-tuning schedule is the STD schedule with the profile's fine-tuning epochs and lr
+    std = exp.profile.train
+    assert (base.epochs, base.lr, base.warmup_frac) == (exp.profile.finetune_epochs, exp.profile.finetune_lr, 0.0)
+    assert (base.optimizer, base.batch_size, base.weight_decay) == (std.optimizer, std.batch_size, std.weight_decay)
     two = exp.finetune_config(2, seed=5)
     assert two.epochs == 2 and two.seed == 5 and two.lr == base.lr
     with pytest.raises(ValueError, match="epochs"):

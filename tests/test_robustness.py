@@ -1,4 +1,4 @@
-"""Robustness tables, transfer caching, sweeps and the MTD analyses on a tiny model."""
+"""Robustness tables, transfer caching and sweeps on a tiny model."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from advlib.analysis import candidate_anchor_metrics, gradient_cosine, task_domains, task_gradients
 from advlib.attacks import pgd
 from advlib.cache import AdversarialCache, CorruptCacheWarning
 from advlib.data import VOCDataset, collate
@@ -72,47 +71,6 @@ def test_steps_sweep_snapshots_equal_separate_runs(models, data):
     assert df["steps"].tolist() == [0, 1, 3] and df["spec"].iloc[2]["steps"] == 3
     with pytest.raises(ValueError, match="exactly one"):
         sweep(m, spec, images, targets, 12)
-
-
-def test_candidate_metrics_by_construction(data):
-    images, targets = data
-    m = make_model(seed=3).eval()
-    # force every anchor to predict class 1 with zero offsets: accuracy = share of class-1 candidates,
-    # IoU = prior IoU with the ground truth
-    with torch.no_grad():
-        for layer in m.head.classification_head.module_list:
-            layer.weight.zero_(); layer.bias.zero_()
-            layer.bias.view(-1, 13)[:, 1] = 10.0
-        for layer in m.head.regression_head.module_list:
-            layer.weight.zero_(); layer.bias.zero_()
-    res = candidate_anchor_metrics(m, images, targets)
-    from advlib.losses import batched_box_iou, pad_targets
-
-    gb, gl = pad_targets(targets)
-    iou = batched_box_iou(gb, m.anchors)
-    iou = torch.where(gl[..., None] > 0, iou, torch.full_like(iou, -1.0))
-    best, obj = iou.max(1)
-    cand = best > 0.5
-    assert res["candidates"] == int(cand.sum())
-    assert res["accuracy"] == pytest.approx(float((gl.gather(1, obj)[cand] == 1).float().mean()))
-    assert res["mean_iou"] == pytest.approx(float(best[cand].mean()), rel=1e-4)
-
-
-def test_task_gradients_and_cosine(models, data):
-    images, targets = data
-    g_cls, g_loc = task_gradients(models["A"], images[:2], targets[:2])
-    assert g_cls.shape == images[:2].shape and g_cls.abs().sum() > 0 and g_loc.abs().sum() > 0
-    cos = gradient_cosine(g_cls, g_loc)
-    assert cos.shape == (2,) and (cos.abs() <= 1 + 1e-6).all()
-    assert gradient_cosine(g_cls, 3 * g_cls).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
-
-
-def test_task_domains_embedding(models, data):
-    images, targets = data
-    td = task_domains(models["A"], images[0], targets[0], pgd("cls", steps=2), n=8, k=3)
-    assert td.embedding.shape == (16, 2) and td.perturbations.shape[0] == 16
-    assert 0.0 <= td.knn_accuracy <= 1.0
-    assert np.abs(td.perturbations).max() <= 8 / 255 + 1e-6
 
 
 def test_result_cache_makes_a_second_table_and_sweep_attack_free(models, data, tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from advlib.data.hashing import PathLike, hash_files
 from advlib.data.images import load_rgb
 from advlib.data.validate import check_size
+from advlib.paths import display_path
 
 
 def sha256_hex(parts: Sequence[bytes]) -> str:
@@ -175,7 +176,7 @@ class DetectionDataset(Dataset):
         """JSON-able description of exactly this data, for model-cache keys (hashes, not timestamps).
 
         Returns:
-            dict with ``format``, ``root`` (resolved), ``split``, ``ids_sha256`` (of the split's id
+            dict with ``format``, ``root`` (relative to the project when inside it), ``split``, ``ids_sha256`` (of the split's id
             list), ``annotations_sha256`` (sizes, boxes, labels, difficult flags), ``images_sha256``
             (every image file's bytes, see ``images_sha256``), ``classes``, ``size`` and ``num_images``.
         """
@@ -184,7 +185,7 @@ class DetectionDataset(Dataset):
             ann += [np.int64(len(l)).tobytes(), b.tobytes(), l.tobytes(), d.tobytes()]
         return {
             "format": self.data_format,
-            "root": str(self.root),
+            "root": display_path(self.root),
             "split": self.split,
             "ids_sha256": sha256_hex(["\n".join(self.ids).encode()]),
             "annotations_sha256": sha256_hex(ann),

@@ -32,7 +32,7 @@ def cache_disabled() -> bool:
 
 def default_cache_dir() -> Path:
     """``<project>/data/cache``: where the data layer keeps file hashes and validation verdicts."""
-    from advlib.profiles import PROJECT_ROOT
+    from advlib.paths import PROJECT_ROOT
 
     return PROJECT_ROOT / "data" / "cache"
 
