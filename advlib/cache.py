@@ -35,7 +35,7 @@ from filelock import FileLock
 from PIL import Image
 from torch import Tensor, nn
 
-from advlib.paths import PROJECT_ROOT
+from advlib.paths import cache_root
 from advlib.results import to_jsonable
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class ModelCache:
     their spec (:func:`spec_key`)."""
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
-        self.root = Path(root) if root is not None else PROJECT_ROOT / "data" / "cache"
+        self.root = Path(root) if root is not None else cache_root()
 
     def dir(self, key: str) -> Path:
         return self.root / key
@@ -253,7 +253,7 @@ class ResultCache:
     """
 
     def __init__(self, root: str | os.PathLike | None = None, enabled: bool | None = None) -> None:
-        self.root = Path(root) if root is not None else PROJECT_ROOT / "data" / "cache" / "results"
+        self.root = Path(root) if root is not None else cache_root() / "results"
         if enabled is None:
             enabled = os.environ.get("ADVLIB_NO_RESULT_CACHE", "") in ("", "0")
         self.enabled = enabled
@@ -337,7 +337,7 @@ class AdversarialCache:
     """
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
-        self.root = Path(root) if root is not None else PROJECT_ROOT / "data" / "cache" / "adv"
+        self.root = Path(root) if root is not None else cache_root() / "adv"
 
     def key(self, source_model: nn.Module, spec, data_id: str, data_fp: str) -> str:
         """The key of ``spec`` crafted on ``source_model`` from the clean set ``data_id`` whose

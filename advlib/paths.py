@@ -9,6 +9,14 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def cache_root() -> Path:
+    """The cache folder: ``$ADVLIB_CACHE_DIR`` when set (e.g. a larger disk, or a cache shared by
+    several checkouts), else ``data/cache`` under the project. Models live at its top, results in
+    ``results/``, adversarial sets in ``adv/``, file hashes and validation verdicts beside them."""
+    env = os.environ.get("ADVLIB_CACHE_DIR", "")
+    return Path(env).expanduser() if env else PROJECT_ROOT / "data" / "cache"
+
+
 def display_path(path: str | os.PathLike) -> str:
     """``path`` relative to the project root when it lies inside it (POSIX form), else unchanged:
     what results, identities and notebook output store instead of a machine's absolute path."""
@@ -19,4 +27,4 @@ def display_path(path: str | os.PathLike) -> str:
         return str(path)
 
 
-__all__ = ["PROJECT_ROOT", "display_path"]
+__all__ = ["PROJECT_ROOT", "cache_root", "display_path"]

@@ -32,9 +32,9 @@ def cache_disabled() -> bool:
 
 def default_cache_dir() -> Path:
     """``<project>/data/cache``: where the data layer keeps file hashes and validation verdicts."""
-    from advlib.paths import PROJECT_ROOT
+    from advlib.paths import cache_root
 
-    return PROJECT_ROOT / "data" / "cache"
+    return cache_root()
 
 
 def sha256_file(path: Path) -> str:
