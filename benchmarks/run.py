@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
 
     exp = Experiment(profile=args.profile, device=args.device, progress=False)
     dev = exp.device
-    bs = args.batch_size or exp.profile.batch_size
+    bs = args.batch_size or exp.profile.train.batch_size
     images, targets = collate([exp.train_set[i] for i in range(bs)])
     images = images.to(dev)
     targets = [{k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
