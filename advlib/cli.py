@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from advlib.paths import PROJECT_ROOT
+from advlib.paths import PROJECT_ROOT, display_path
 
 
 def _cmd_data(args) -> int:
@@ -245,6 +245,11 @@ def _compact_executed(path: Path) -> None:
     if widgets and not unconverted:
         del nb.metadata["widgets"]
         changed = True
+    pm_meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):  # papermill records absolute paths of this machine
+        if pm_meta.get(key):
+            pm_meta[key] = display_path(pm_meta[key])
+            changed = True
     if changed:
         nbformat.write(nb, path)
 
@@ -293,7 +298,7 @@ def _run_notebooks(notebooks, out_dir, profile, heartbeat, kernel_name, paramete
                 traceback.print_exc()
         secs = progress.total()
         report[nb.name] = {"seconds": secs, "status": status, "target": target}
-        print(f"   {status} in {secs:.1f} s -> {target}", file=out or sys.stdout, flush=True)
+        print(f"   {status} in {secs:.1f} s -> {display_path(target)}", file=out or sys.stdout, flush=True)
     return report
 
 

@@ -42,13 +42,18 @@ def draw_boxes(ax, image: Tensor, boxes=None, labels=None, scores=None, classes:
 
 
 def image_grid(images: Tensor, targets: Sequence[dict], classes: Sequence[str], ncols: int = 4,
-               titles: Sequence[str] | None = None, score_thresh: float = 0.3, size: float = 2.4):
-    """A figure of images with their boxes (ground truth, or detections when ``scores`` exist)."""
+               titles: Sequence[str] | None = None, score_thresh: float = 0.3, size: float = 2.4,
+               dpi: float = 56):
+    """A figure of images with their boxes (ground truth, or detections when ``scores`` exist).
+
+    ``dpi`` is the on-screen (inline) resolution, about one screen pixel per image pixel of the
+    default input: noisy images make large PNGs, and an executed notebook holds every one of
+    them. Saved figures keep their own resolution (:func:`advlib.results.save_figure`)."""
     import matplotlib.pyplot as plt
 
     n = len(images)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, dpi=dpi)
     for ax in axes.flat:
         ax.set_axis_off()
     for i in range(n):

@@ -17,8 +17,9 @@ import math
 import sys
 from pathlib import Path
 
-#: keys whose values are bookkeeping, not results
-SKIP = {"seconds", "train_seconds", "cached", "result_cached", "finished", "images_per_s", "history"}
+#: keys whose values are bookkeeping (times, cache hits) or the papers' reported numbers, not results
+SKIP = {"seconds", "train_seconds", "cached", "result_cached", "finished", "images_per_s", "history", "paper",
+        "models"}
 
 
 def walk(a, b, path: str, out: dict) -> None:

@@ -52,6 +52,45 @@ def mtd_recipe(eps: float = EPS, steps: int = 1, seed: int = 0) -> AdversarialRe
     return AdversarialRecipe("mtd", mtd_attack_spec(eps, steps, seed=seed))
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """How a robust model is trained: MTD's training attack (``steps`` signed steps per task
+    domain) either fine-tuned from the cached STD model for ``epochs`` epochs at the profile's
+    fine-tuning lr, or trained from scratch on the STD schedule (``epochs`` = None)."""
+
+    label: str
+    steps: int
+    epochs: int | None
+
+    def train(self, exp, recipe: str = "mtd", seed: int | None = None):
+        """The model this protocol trains (a :class:`~advlib.experiment.TrainedModel`, cached)."""
+        r = RECIPES.build(recipe, steps=self.steps)
+        if self.epochs is None:
+            return exp.trained(r, seed=seed)
+        return exp.trained(r, parent="std", seed=seed, cfg=exp.finetune_config(self.epochs, seed=seed))
+
+
+def protocol_table(exp, protocols: Mapping[str, Protocol], attacks: Mapping, images: Tensor, targets: list[dict],
+                   seed: int | None = None):
+    """STD and the MTD model of each protocol under ``attacks`` (a robustness table whose rows are
+    the protocols' labels), with each model's training seconds when it was trained."""
+    from advlib.robustness import robustness_table
+
+    trained = {"STD": exp.trained("std", seed=seed), **{p.label: p.train(exp, seed=seed) for p in protocols.values()}}
+    table = robustness_table({k: tm.model for k, tm in trained.items()}, attacks, images, targets, exp.classes,
+                             data_id=exp.data_id)
+    return table, {k: tm.meta.get("train_seconds") for k, tm in trained.items()}
+
+
+#: the robust-training protocols compared on seed 0 (the papers train from scratch, MTD, or
+#: fine-tune a clean model for many epochs with PGD, CWAT/RobustDet)
+PROTOCOLS = {
+    "finetune-1step": Protocol("MTD-1step, fine-tuned 2 epochs from STD", steps=1, epochs=2),
+    "scratch-1step": Protocol("MTD-1step, from scratch on the STD schedule", steps=1, epochs=None),
+    "finetune-pgd3": Protocol("MTD-PGD3, fine-tuned 4 epochs from STD", steps=3, epochs=4),
+}
+
+
 # -------------------------------------------------------------------------- reported numbers
 _VOC = "VOC07 test, SSD-VGG16, ε = 8"
 TABLE2 = Reported("MTD Table 2", _VOC, "VOC07", {
@@ -322,6 +361,6 @@ def _graceful_claim(curves: pd.DataFrame, std_clean: float, few_steps: int) -> C
                     f"robust_map_eps{e_hi:g}_over_eps{e_lo:g}": keep_eps})
 
 
-__all__ = ["BUDGETS", "MTDBudget", "TABLE2", "TABLE3", "TABLE5", "TaskDomains", "baseline_claims", "budget",
+__all__ = ["BUDGETS", "MTDBudget", "PROTOCOLS", "Protocol", "protocol_table", "TABLE2", "TABLE3", "TABLE5", "TaskDomains", "baseline_claims", "budget",
            "candidate_anchor_metrics", "claims", "gradient_cosine", "gradient_cosines", "mtd_attack_spec",
            "mtd_recipe", "task_domains", "task_gradients", "task_interaction"]
