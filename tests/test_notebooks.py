@@ -69,15 +69,19 @@ EXECUTED = sorted((NB_DIR / "executed").glob("*.ipynb")) + sorted((ROOT / "resul
 MACHINE_PATHS = ("/work/", "/home/", "/root/", "/tmp/")
 
 
-@pytest.mark.xfail(strict=False, reason="the executed notebooks and results committed before `make reproduce` "
-                   "printed progress hold /work/ paths and 00_baseline.ipynb is 2.1 MB; the owner regenerates them")
-def test_executed_files_hold_no_machine_paths_and_stay_small():
-    problems = []
-    for path in EXECUTED:
-        text = path.read_text(encoding="utf-8")
-        problems += [f"{path.relative_to(ROOT)} holds {s!r}" for s in (str(ROOT), *MACHINE_PATHS) if s in text]
-        if path.suffix == ".ipynb" and path.stat().st_size >= 1_000_000:
-            problems.append(f"{path.relative_to(ROOT)} is {path.stat().st_size / 1e6:.1f} MB (>= 1 MB)")
+#: committed by the last full run of notebook 01, before this check existed; the next default run of
+#: notebook 01 regenerates them (then this strict xfail fails until the entry is removed)
+STALE = {"notebooks/executed/01_mtd_task_domains.ipynb"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="stale: see STALE"))
+                                  if str(p.relative_to(ROOT)) in STALE else p for p in EXECUTED],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_executed_files_hold_no_machine_paths_and_stay_small(path):
+    text = path.read_text(encoding="utf-8")
+    problems = [f"{path.relative_to(ROOT)} holds {s!r}" for s in (str(ROOT), *MACHINE_PATHS) if s in text]
+    if path.suffix == ".ipynb" and path.stat().st_size >= 1_000_000:
+        problems.append(f"{path.relative_to(ROOT)} is {path.stat().st_size / 1e6:.1f} MB (>= 1 MB)")
     assert not problems, "\n".join(problems)
 
 
