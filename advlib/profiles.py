@@ -232,6 +232,7 @@ class Budget:
         table_images: test images for the robustness tables.
         sweep_images: test images for the steps/ε sweeps.
         dag_steps: DAG's iterations (signed steps; 10 in the papers' tables, 20 in the voc budget).
+        rap_steps: RAP's iterations (20 in MTD §5.8).
         seeds: seeds for the seed-variance rows.
         sweep_steps: PGD steps of the sweeps (the papers: 20).
         recipe_epochs: fine-tuning epochs of the adversarial recipes (``None``: the profile's
@@ -243,10 +244,11 @@ class Budget:
     dag_steps: int
     seeds: tuple[int, ...]
     sweep_steps: int = 20
+    rap_steps: int = 20
     recipe_epochs: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("table_images", "sweep_images", "dag_steps", "sweep_steps"):
+        for name in ("table_images", "sweep_images", "dag_steps", "sweep_steps", "rap_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Budget.{name} must be >= 1, got {getattr(self, name)}")
         if not self.seeds:
@@ -256,7 +258,7 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(table_images=16, sweep_images=8, dag_steps=3, seeds=(0, 1), sweep_steps=2),
+    "smoke": Budget(table_images=16, sweep_images=8, dag_steps=3, seeds=(0, 1), sweep_steps=2, rap_steps=2),
     # 2 CPU cores: subsets of the test split for tables and sweeps, three seeds
     "default": Budget(table_images=72, sweep_images=24, dag_steps=10, seeds=(0, 1, 2), recipe_epochs=2),
     "voc": Budget(table_images=4952, sweep_images=500, dag_steps=20, seeds=(0,)),

@@ -148,12 +148,12 @@ plt.show()
 
 # %% [markdown]
 # ## Table 2: task domains and attacks from the literature
-# ε = 8/255 for every attack, signed steps as MTD §5.1 says ("all the attack methods incorporate sgn(·) into the PGD steps"): A_cls / A_loc are PGD from a random start; DAG starts from the clean image, gives every anchor matched to an object a random wrong label and attacks it until its true-class probability falls below the evaluation's score threshold (`budget.dag_steps` steps); RAP pushes the candidates of the clean detections to background and their boxes to a target 0.3 box-lengths away and 0.55× the size (IoU ≈ 0.21 with the clean box when reached), 20 steps as in MTD §5.8. Every adversarial image is evaluated 8-bit (as the cached transfer sets are). Each column's exact spec is printed below and stored with every cell.
+# ε = 8/255 for every attack, signed steps as MTD §5.1 says ("all the attack methods incorporate sgn(·) into the PGD steps"): A_cls / A_loc are PGD from a random start; DAG starts from the clean image, gives every anchor matched to an object a random wrong label and attacks it until its true-class probability falls below the evaluation's score threshold (`budget.dag_steps` steps); RAP pushes the candidates of the clean detections to background and their boxes to a target 0.3 box-lengths away and 0.55× the size (IoU ≈ 0.21 with the clean box when reached), `budget.rap_steps` steps (20 as in MTD §5.8; fewer only in the smoke profile). Every adversarial image is evaluated 8-bit (as the cached transfer sets are). Each column's exact spec is printed below and stored with every cell.
 
 # %%
 k = exp.profile.attack_steps
 attacks = {"clean": None, "A_cls": preset("A_cls", steps=k, seed=seed), "A_loc": preset("A_loc", steps=k, seed=seed),
-           "DAG": preset("DAG", steps=budget.dag_steps, seed=seed), "RAP": preset("RAP", seed=seed)}
+           "DAG": preset("DAG", steps=budget.dag_steps, seed=seed), "RAP": preset("RAP", steps=budget.rap_steps, seed=seed)}
 print({name: (spec.label() + f", {spec.update} steps of {spec.step_size * 255:g}/255") for name, spec in attacks.items()
        if spec is not None})
 t2 = robustness_table(models, attacks, tab_x, tab_t, exp.classes, data_id=exp.data_id)
@@ -173,7 +173,8 @@ plt.show()
 # RAP on the STD and MTD models with both terms, the label (background) term only, and the shape term only (same steps and ε).
 
 # %%
-rap_ab = {"RAP": attacks["RAP"], "RAP label only": preset("RAP-label", seed=seed), "RAP shape only": preset("RAP-shape", seed=seed)}
+rap_ab = {"RAP": attacks["RAP"], "RAP label only": preset("RAP-label", steps=budget.rap_steps, seed=seed),
+          "RAP shape only": preset("RAP-shape", steps=budget.rap_steps, seed=seed)}
 t_rap = robustness_table({"STD": models["STD"], "MTD": models["MTD"]}, rap_ab, tab_x, tab_t, exp.classes,
                          data_id=exp.data_id)
 display(t_rap.frame.round(3))
