@@ -26,7 +26,8 @@ from advlib.evaluate import VOCResult
 from advlib.models import SSDDetector, build_ssd
 from advlib.profiles import RunParams, default_data_root, validate_params
 from advlib.recipes import make_recipe
-from advlib.results import display_path, save_figure, save_json
+from advlib.paths import display_path
+from advlib.results import save_figure, save_json
 from advlib.robustness import detect_all, mean_ap
 from advlib.train import Recipe, TrainConfig, train
 from advlib.cache import ModelCache

@@ -17,7 +17,8 @@ from advlib.registry import Registry
 from advlib.train import Recipe, StandardRecipe
 
 #: recipe name -> factory(**params) -> Recipe
-RECIPES: Registry = Registry("recipe")
+RECIPES: Registry = Registry("recipe", hint="paper recipes register when their module is imported, "
+                                              "e.g. `import advlib.papers.mtd`")
 RECIPES.add("std", StandardRecipe)
 
 

@@ -21,10 +21,12 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the entries are (used in error messages), e.g. ``"recipe"``.
+        hint: added to the unknown-name error (e.g. where more entries come from).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, hint: str = "") -> None:
         self.kind = kind
+        self.hint = hint
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, entry: T, replace: bool = False) -> T:
@@ -46,11 +48,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except (KeyError, TypeError):
             raise ValueError(f"unknown {self.kind} {name!r}; registered: {', '.join(sorted(self._entries))}"
-                             f"{self._hint()}") from None
-
-    def _hint(self) -> str:
-        return "" if self.kind != "recipe" else " (paper recipes register when their module is imported, " \
-                                                "e.g. `import advlib.papers.mtd`)"
+                             f"{f' ({self.hint})' if self.hint else ''}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -60,9 +58,6 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def names(self) -> list[str]:
-        return sorted(self._entries)
 
     def items(self):
         return self._entries.items()

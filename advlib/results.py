@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from advlib.paths import PROJECT_ROOT, display_path
+from advlib.paths import PROJECT_ROOT
 
 
 def output_dir(kind: str, run: str = "") -> Path:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from advlib.cache import atomic_torch_save
 from advlib.losses import REDUCERS, match_anchors, multibox_terms
+from advlib.utils import targets_to
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ def train(
             t0, loss_sum, seen = time.perf_counter(), 0.0, 0
             for images, targets in loader:
                 images = images.to(device, non_blocking=True)
-                targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+                targets = targets_to(device, targets)
                 if cfg.augment:
                     images, targets = augment_batch(images, targets, gen)
                 model.train()

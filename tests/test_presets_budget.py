@@ -4,7 +4,6 @@ final perturbation averages at least 0.3·ε per pixel (the old L∞-normalised 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from advlib.attacks import PRESETS, attack
 from conftest import make_model

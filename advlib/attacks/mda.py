@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from advlib.attacks.engine import AttackSpec, image_generators, project, start_point
-from advlib.attacks.objectives import OBJECTIVES, Objective, _matched
+from advlib.attacks.objectives import OBJECTIVES, Objective, ground_truth_matching
 from advlib.losses import Matched, cls_loss, loc_loss, multibox_terms, ssd_loss
 from advlib.utils import eval_mode
 
@@ -39,7 +39,7 @@ class MDAObjective(Objective):
 
     def craft(self, model, images: Tensor, targets, spec: AttackSpec, snapshots=None, generators=None,
               matched: Matched | None = None):
-        matched = _matched(model, images, targets, matched, self.name)
+        matched = ground_truth_matching(model, images, targets, matched, self.name)
         one_step = (spec.steps == 1 and spec.update == "sign" and not spec.transforms and spec.momentum == 0
                     and not spec.early_stop)
         if one_step:

@@ -69,7 +69,10 @@ def make_objective(spec: AttackSpec) -> Objective:
     return OBJECTIVES.build(spec.objective, **spec.kwargs)
 
 
-def _matched(model, images: Tensor, targets: list[dict] | None, matched: Matched | None, who: str) -> Matched:
+def ground_truth_matching(model, images: Tensor, targets: list[dict] | None, matched: Matched | None,
+                          who: str) -> Matched:
+    """``matched`` when the caller has one (a training batch's), else the anchors matched to
+    ``targets`` once for the whole attack."""
     if matched is not None:
         return matched
     if targets is None or len(targets) != images.shape[0]:
@@ -98,7 +101,7 @@ class TaskObjective(Objective):
         self.reducer = functools.partial(REDUCERS[reducer], **params)
 
     def prepare(self, model, images, targets, spec=None, matched=None) -> TaskState:
-        return TaskState(_matched(model, images, targets, matched, self.name))
+        return TaskState(ground_truth_matching(model, images, targets, matched, self.name))
 
     def loss(self, model, x: Tensor, state: TaskState) -> Tensor:
         return self.reducer(multibox_terms(model(x), state.matched))
@@ -149,7 +152,7 @@ class DAGObjective(Objective):
         self.stop_prob = stop_prob
 
     def prepare(self, model, images, targets, spec=None, matched=None) -> DAGState:
-        matched = _matched(model, images, targets, matched, self.name)
+        matched = ground_truth_matching(model, images, targets, matched, self.name)
         c = model.num_classes
         if c < 2:
             raise ValueError("DAG needs at least two foreground classes to pick a wrong label")
@@ -309,11 +312,12 @@ class RAPObjective(_CleanDetectionObjective):
         super().__init__(score_thresh)
         if shape_weight < 0 or label_weight < 0 or shape_weight + label_weight == 0:
             raise ValueError(f"RAP weights must be >= 0 and not both 0, got label {label_weight}, shape {shape_weight}")
+        if scale <= 0:
+            raise ValueError(f"RAP scale must be > 0, got {scale}")
         self.shape_weight = shape_weight
         self.label_weight = label_weight
         self.shift = shift
         self.scale = scale
-        box_shift_in_offsets(shift, scale, (1, 1, 1, 1))  # validates scale
 
     def loss(self, model, x: Tensor, state: CleanState) -> Tensor:
         out = model(x)

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -66,17 +65,10 @@ def _read_json(path: Path) -> dict:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` as compact JSON to ``path`` atomically (the project's one atomic writer)."""
+    from advlib.cache import atomic_write_text  # not at the top: advlib.cache imports advlib.data lazily
+
+    atomic_write_text(path, json.dumps(data, separators=(",", ":")))
 
 
 def hash_files(paths: Sequence[Path], cache_file: PathLike | None = None) -> list[str]:

@@ -21,6 +21,7 @@ from torchvision.models.detection.ssd import SSDHead
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from advlib.models.backbones import build_backbone
+from advlib.utils import eval_mode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,11 +89,8 @@ class SSDDetector(nn.Module):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        with torch.no_grad():
-            was_training = backbone.training
-            backbone.eval()
+        with torch.no_grad(), eval_mode(backbone):
             probe = backbone(torch.zeros(1, 3, *self.image_size))
-            backbone.train(was_training)
         self.anchor_generator = default_anchor_generator(len(probe))
         num_anchors = self.anchor_generator.num_anchors_per_location()
         self.head = SSDHead(list(backbone.out_channels), num_anchors, num_classes + 1)
@@ -174,15 +172,11 @@ class SSDDetector(nn.Module):
         Returns:
             One dict per image: ``boxes`` ``[K, 4]`` xyxy, ``scores`` ``[K]``, ``labels`` ``[K]`` in 1..C.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            out: list[dict[str, Tensor]] = []
+        out: list[dict[str, Tensor]] = []
+        with eval_mode(self):
             for i in range(0, images.shape[0], batch_size):
                 out.extend(self.postprocess(self(images[i : i + batch_size]), score_thresh))
-            return out
-        finally:
-            self.train(was_training)
+        return out
 
 
 def build_ssd(
