@@ -47,6 +47,11 @@ class Matched:
         return Matched(*(t[idx] for t in (self.labels, self.object_index, self.box_targets,
                                           self.object_labels, self.num_objects)))
 
+    def repeat(self, k: int) -> "Matched":
+        """The batch's matching for ``k`` stacked copies of its images (``[k*B, ...]``)."""
+        return Matched(*(torch.cat([t] * k) for t in (self.labels, self.object_index, self.box_targets,
+                                                       self.object_labels, self.num_objects)))
+
 
 @dataclass
 class Terms:

@@ -9,10 +9,14 @@ and ``mtd``): ``RECIPES.add("name", factory)``, where ``factory(**params)`` retu
 
 from __future__ import annotations
 
+import functools
+import inspect
+
+import torch
 from torch import Tensor
 
 from advlib.attacks import AttackSpec, attack
-from advlib.losses import match_anchors, multibox_terms, ssd_loss
+from advlib.losses import REDUCERS, match_anchors, multibox_terms, ssd_loss
 from advlib.registry import Registry
 from advlib.train import Recipe, StandardRecipe
 
@@ -52,6 +56,86 @@ class AdversarialRecipe:
         return {"recipe": self.name, "attack": self.attack_spec.to_dict(), "clean_weight": self.clean_weight}
 
 
+class FreeAdversarialRecipe:
+    """Free adversarial training (Shafahi et al. 2019; CWAT Algorithm 1): each minibatch is
+    replayed ``replays`` times by the training loop; per replay one forward pass at ``x + δ`` in
+    train mode and two backward passes from it: the δ-gradient of the attack loss (the reducer
+    the matching evaluation attack maximises, e.g. ``cwa`` for CWA, so clipping and class-wise
+    averaging have one implementation) and, in the loop, the θ-gradient of the multibox loss.
+    Then ``δ ← clip_ε(δ + ε·sign(∇_δ))`` (Algorithm 1, lines 10-11). δ starts at zero and is
+    carried across replays *and* minibatches, as in Shafahi et al. (reset when the batch shape
+    changes); it is part of the recipe's checkpointed state.
+
+    With several ``domains`` (MTD-fast: ``("cls", "loc")``) each domain carries its own δ, all
+    are forwarded as one stacked batch, each δ follows its own task loss, and the parameters
+    train per image on the domain whose example has the larger multibox loss (MTD Algorithm 1's
+    choice): still one forward and two backward passes per iteration.
+
+    Args:
+        name: recipe name (part of the model-cache key).
+        domains: reducer names in :data:`advlib.losses.REDUCERS`, one δ each.
+        eps: the L∞ bound and step (Algorithm 1 steps by ε).
+        replays: m, the minibatch replays (the loop runs them; 4 in CWAT).
+        **params: the reducers' parameters (e.g. ``beta=6.0``), checked by name.
+    """
+
+    def __init__(self, name: str, domains: tuple[str, ...] = ("cwa",), eps: float = 8 / 255, replays: int = 4,
+                 **params) -> None:
+        if not domains:
+            raise ValueError("FreeAdversarialRecipe needs at least one domain")
+        for d in domains:
+            if d not in REDUCERS:
+                raise ValueError(f"unknown reducer {d!r}; expected one of {sorted(REDUCERS)}")
+        if eps < 0 or replays < 1:
+            raise ValueError(f"eps must be >= 0 and replays >= 1, got eps={eps}, replays={replays}")
+        self.name, self.domains, self.eps, self.replays = name, tuple(domains), float(eps), int(replays)
+        self.params = dict(sorted(params.items()))
+        self.reducers = []
+        for d in self.domains:
+            accepted = {k: v for k, v in params.items() if k in _parameters(REDUCERS[d])}
+            self.reducers.append(functools.partial(REDUCERS[d], **accepted))
+        unused = set(params) - {k for d in self.domains for k in _parameters(REDUCERS[d])}
+        if unused:
+            raise ValueError(f"recipe {name!r}: no domain takes parameter(s) {sorted(unused)}")
+        self.delta: Tensor | None = None
+
+    def __call__(self, model, images: Tensor, targets: list[dict]) -> Tensor:
+        k, b = len(self.domains), images.shape[0]
+        shape = (k, *images.shape)
+        if self.delta is None or tuple(self.delta.shape) != shape or self.delta.device != images.device:
+            self.delta = torch.zeros(shape, dtype=images.dtype, device=images.device)
+        matched = match_anchors(model.anchors, targets, model.box_coder)
+        delta = self.delta.detach().requires_grad_(True)
+        x = (images.unsqueeze(0) + delta).clamp(0.0, 1.0).flatten(0, 1)  # [k, B, 3, H, W] -> [k*B, 3, H, W]
+        model.train()
+        terms = multibox_terms(model(x), matched.repeat(k) if k > 1 else matched)
+        attack_loss = sum(red(terms)[j * b:(j + 1) * b].sum() for j, red in enumerate(self.reducers))
+        (grad,) = torch.autograd.grad(attack_loss, delta, retain_graph=True)  # backward 1: δ
+        with torch.no_grad():
+            self.delta = (self.delta + self.eps * grad.sign()).clamp(-self.eps, self.eps)
+        per_image = ssd_loss(terms).view(k, b)  # [k*B] -> [k, B]
+        if k == 1:
+            return per_image[0].mean()  # backward 2 (θ) runs in the training loop
+        pick = per_image.detach().argmax(0)  # per image, the domain with the larger loss
+        return per_image.gather(0, pick[None])[0].mean()
+
+    def spec(self) -> dict:
+        """Part of the model-cache key."""
+        return {"recipe": self.name, "free": {"domains": list(self.domains), "eps": self.eps,
+                                              "replays": self.replays, "params": self.params}}
+
+    def state_dict(self) -> dict:
+        return {} if self.delta is None else {"delta": self.delta.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.delta = state.get("delta")
+
+
+def _parameters(fn) -> set[str]:
+    """A reducer's parameter names (besides its terms)."""
+    return set(inspect.signature(fn).parameters) - {"terms"}
+
+
 def make_recipe(name: str, **params) -> Recipe:
     """The recipe registered as ``name``, built with ``params`` (checked by name).
 
@@ -61,4 +145,4 @@ def make_recipe(name: str, **params) -> Recipe:
     return RECIPES.build(name, **params)
 
 
-__all__ = ["AdversarialRecipe", "RECIPES", "make_recipe"]
+__all__ = ["AdversarialRecipe", "FreeAdversarialRecipe", "RECIPES", "make_recipe"]

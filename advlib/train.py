@@ -6,7 +6,13 @@ papers, or AdamW, no weight decay on BN and biases), warm-up plus cosine or step
 batched augmentation drawn from a seeded generator, gradient clipping, a tqdm bar, and a
 checkpoint after every epoch from which a killed run resumes to bit-identical weights (every
 random draw of epoch ``e`` comes from a generator seeded by ``(seed, e)``, so nothing but the
-model/optimiser/schedule state needs saving).
+model/optimiser/schedule state, and a recipe's own state, needs saving).
+
+Free adversarial training (Shafahi et al. 2019; CWAT Algorithm 1) is the same loop: a recipe with
+``replays = m`` gets each minibatch ``m`` times in a row, one optimiser step per replay, and
+carries its perturbation itself (:class:`advlib.recipes.FreeAdversarialRecipe`). The loop counts
+the forward and backward passes every iteration actually runs (:class:`advlib.passes.PassCounter`)
+into the history.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from tqdm.auto import tqdm
 
 from advlib.cache import atomic_torch_save
 from advlib.losses import REDUCERS, match_anchors, multibox_terms
+from advlib.passes import PassCounter
 from advlib.utils import targets_to
 
 log = logging.getLogger(__name__)
@@ -89,7 +96,12 @@ class TrainConfig:
 
 
 class Recipe(Protocol):
-    """Turns a batch into a training loss. ``spec()`` is part of the model-cache key."""
+    """Turns a batch into a training loss. ``spec()`` is part of the model-cache key.
+
+    Optional: ``replays`` (int, default 1: each minibatch is trained on that many times in a row,
+    free adversarial training), and ``state_dict()`` / ``load_state_dict()`` for state the recipe
+    carries across batches (saved in the checkpoint).
+    """
 
     name: str
 
@@ -223,7 +235,9 @@ def train(
         desc: progress-bar label.
 
     Returns:
-        Per-epoch history: ``[{"epoch", "loss", "lr", "seconds", "images_per_s"}]``.
+        Per-epoch history: ``[{"epoch", "loss", "lr", "seconds", "images_per_s", "iterations",
+        "forward_per_iter", "backward_per_iter"}]``; an iteration is one optimiser step (a
+        minibatch gives ``recipe.replays`` of them), the passes are counted as they run.
     """
     from advlib.data import collate
 
@@ -233,8 +247,12 @@ def train(
     if n == 0:
         raise ValueError("cannot train on an empty dataset")
     bs = min(cfg.batch_size, n)
+    replays = int(getattr(recipe, "replays", 1))
+    if replays < 1:
+        raise ValueError(f"recipe {recipe.name!r}: replays must be >= 1, got {replays}")
     steps_per_epoch = n // bs
-    total = steps_per_epoch * cfg.epochs
+    iters_per_epoch = steps_per_epoch * replays
+    total = iters_per_epoch * cfg.epochs
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg))
     history: list[dict] = []
@@ -255,15 +273,19 @@ def train(
                 model.load_state_dict(state["model"])
                 opt.load_state_dict(state["optimizer"])
                 sched.load_state_dict(state["scheduler"])
+                if hasattr(recipe, "load_state_dict"):
+                    recipe.load_state_dict(state.get("recipe_state") or {})
                 start_epoch, history = state["epoch"], state["history"]
                 log.info("resuming %s from epoch %d", ckpt, start_epoch)
             except Exception as exc:  # corrupt, foreign or unsafe checkpoint: start over, loudly
                 warnings.warn(f"ignoring checkpoint {ckpt} ({exc}); training from scratch", stacklevel=2)
                 start_epoch, history = 0, []
-    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=desc or recipe.name,
+    bar = tqdm(total=total, initial=start_epoch * iters_per_epoch, desc=desc or recipe.name,
                disable=not progress, leave=False)
     epochs_run = 0
+    counter = PassCounter(model)
     try:
+        counter.__enter__()
         for epoch in range(start_epoch, cfg.epochs):
             if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
                 break
@@ -273,35 +295,44 @@ def train(
             loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
             model.train()
             t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+            counter.reset()
             for images, targets in loader:
                 images = images.to(device, non_blocking=True)
                 targets = targets_to(device, targets)
                 if cfg.augment:
                     images, targets = augment_batch(images, targets, gen)
-                model.train()
-                loss = recipe(model, images, targets)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}; lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                loss_sum += float(loss.detach())
-                seen += 1
-                bar.update(1)
+                for _ in range(replays):  # free adversarial training replays the minibatch
+                    model.train()
+                    loss = recipe(model, images, targets)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}; "
+                                                 "lower the learning rate")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip > 0:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    sched.step()
+                    loss_sum += float(loss.detach())
+                    seen += 1
+                    bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}")
             secs = time.perf_counter() - t0
-            history.append({"epoch": epoch + 1, "loss": loss_sum / steps_per_epoch,
+            passes = counter.reset()
+            history.append({"epoch": epoch + 1, "loss": loss_sum / iters_per_epoch,
                             "lr": opt.param_groups[0]["lr"], "seconds": secs,
-                            "images_per_s": steps_per_epoch * bs / max(secs, 1e-9)})
+                            "images_per_s": steps_per_epoch * bs / max(secs, 1e-9), "iterations": seen,
+                            "forward_per_iter": passes["forward"] / max(seen, 1),
+                            "backward_per_iter": passes["backward"] / max(seen, 1)})
             epochs_run += 1
             if ckpt is not None:
                 atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": _plain(history),
-                                   "cfg": _plain(cfg.to_dict()), "recipe": _plain(recipe.spec())}, ckpt)
+                                   "cfg": _plain(cfg.to_dict()), "recipe": _plain(recipe.spec()),
+                                   "recipe_state": recipe.state_dict() if hasattr(recipe, "state_dict") else {}},
+                                  ckpt)
     finally:
+        counter.close()
         bar.close()
     model.eval()
     return history
