@@ -1,221 +1,243 @@
 """CWAT: Chen, Kung & Chen, "Class-Aware Robust Adversarial Training for Object Detection", CVPRW 2021.
 
-The paper's reported numbers (Tables 1-5, Appendix B), the helpers its claims are computed with,
-and its claims as functions from this run's numbers to verdicts. The paper prints mAP in [0, 1].
+Its recipes (TOAT, OWAT, CWAT with PGD; CWAT-fast and MTD-fast with free adversarial training),
+its notebook budget, the training-cost run and the analyses no other paper uses (how often the
+clip binds, per-class AP by classes per image). The paper's reported numbers and its claims are
+in :mod:`advlib.papers.cwat_claims` and re-exported here.
+
+**Eq. 12, the reading implemented.** ``n_c`` is defined as "the number of the matched default
+boxes in the class c" while the prose normalises "each class loss using the number of objects
+for the class". We implement the objects reading (:func:`advlib.losses.cwa_loss`): an object's
+loss is the mean of its positive anchors' losses (clipped at β_o, eq. 11), a class's loss the
+mean over its objects, the image's loss the mean over its classes. Why: with the anchors
+reading a large object (many matched anchors) outweighs small objects of its own class, which
+is the domination the paper sets out to remove, and eq. 10-11 are already per object. Appendix C
+also attacks "a certain percentage of negative anchors"; negatives belong to no object and no
+class, so eq. 12 has no place for them: the attack loss (TOA/OWA/CWA) uses positives only, while
+the training loss (the multibox loss, eq. 1) keeps SSD's 3:1 hard negatives.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor
 
-from advlib.results import Claim, Reported, check
+from advlib.attacks import AttackSpec, attack, pgd
+from advlib.losses import cls_loss, loc_loss, match_anchors, multibox_terms, object_losses
+from advlib.recipes import RECIPES, AdversarialRecipe, FreeAdversarialRecipe
+from advlib.papers.cwat_claims import (  # the reported numbers and claims, re-exported
+    ADV_COLUMNS, COLUMNS, FAST_REPLAYS, FAST_TOL, MATCH_TOL, PAPER_BACKWARDS, PAPER_SPEEDUP, SOURCE, TABLE1, TABLE2,
+    TABLE3, TABLE3_ATTACKS, TABLE3_MODELS, TABLE4, TABLE5, claims, class_spread, mean_adversarial, seed_comparison,
+    seed_spread, table3_frame)
+from advlib.papers.cwat_claims import __all__ as _claims_all
+from advlib.robustness import mean_ap
+from advlib.utils import eval_mode, targets_to
 
-SOURCE = "CWAT (Chen, Kung & Chen, CVPRW 2021)"
-#: the attack columns of Tables 1, 4 and 5 (Table 2 has no DAG)
-ADV_COLUMNS = ("FGSM A_cls", "FGSM A_reg", "PGD-10 A_cls", "PGD-10 A_reg", "CWA", "DAG")
-COLUMNS = ("clean", *ADV_COLUMNS)
-
-
-# -------------------------------------------------------------------------- reported numbers
-def _rows(rows: Mapping[str, Sequence], columns: Sequence[str] = COLUMNS) -> dict:
-    """``{row: {column: value}}`` from value tuples in ``columns`` order; ``None`` ("-") is omitted."""
-    return {r: {c: v for c, v in zip(columns, vals, strict=True) if v is not None} for r, vals in rows.items()}
-
-
-_VOC = "VOC07 test, SSD VGG16-BN, ε = 8"
-TABLE1 = Reported("CWAT Table 1", _VOC, "VOC07", _rows({
-    "STD": (0.752, 0.162, 0.250, 0.012, 0.043, 0.006, 0.291),
-    "CLS": (0.467, 0.309, 0.343, 0.236, 0.334, None, None),
-    "REG": (0.519, 0.263, 0.344, 0.146, 0.279, None, None),
-    "MTD-fast": (0.466, 0.311, 0.418, 0.221, 0.351, 0.182, 0.486),
-    "TOAT-6": (0.430, 0.300, 0.397, 0.218, 0.334, 0.197, 0.466),
-    "OWAT": (0.518, 0.327, 0.434, 0.229, 0.372, 0.203, 0.504),
-    "CWAT": (0.513, 0.325, 0.433, 0.224, 0.367, 0.199, 0.503)}), scale=1)
-# the caption says "MS-COCO test set"; Section 4.1 evaluates on val2017 (5,000 images)
-TABLE2 = Reported("CWAT Table 2", "MS-COCO val2017, SSD VGG16-BN, ε = 8", "COCO17", _rows({
-    "STD": (0.451, 0.133, 0.167, 0.030, 0.029, 0.003),
-    "MTD": (0.190, 0.127, 0.146, 0.110, 0.135, 0.082),
-    "MTD-fast": (0.242, 0.167, 0.182, 0.130, 0.134, 0.077),
-    "TOAT-6": (0.182, 0.120, 0.148, 0.098, 0.123, 0.074),
-    "OWAT": (0.211, 0.129, 0.169, 0.100, 0.140, 0.074),
-    "CWAT": (0.237, 0.168, 0.189, 0.142, 0.155, 0.092)}, COLUMNS[:-1]), scale=1)
-
-TABLE3_MODELS, TABLE3_ATTACKS = ("STD", "OWAT", "CWAT"), ("MDA", "OWA", "CWA")
-#: class -> AP in the order STD (the paper's "Clean SSD") MDA/OWA/CWA, OWAT MDA/OWA/CWA, CWAT MDA/OWA/CWA
-_T3 = {
-    "aeroplane": (0.010, 0.019, 0.002, 0.383, 0.370, 0.365, 0.354, 0.373, 0.353),
-    "bicycle": (0.024, 0.092, 0.001, 0.354, 0.365, 0.357, 0.334, 0.340, 0.338),
-    "bird": (0.003, 0.003, 0.001, 0.118, 0.117, 0.103, 0.106, 0.110, 0.111),
-    "boat": (0.006, 0.001, 0.000, 0.186, 0.174, 0.126, 0.165, 0.161, 0.116),
-    "bottle": (0.037, 0.019, 0.001, 0.101, 0.101, 0.099, 0.101, 0.102, 0.100),
-    "bus": (0.023, 0.011, 0.001, 0.292, 0.316, 0.278, 0.298, 0.312, 0.266),
-    "car": (0.020, 0.010, 0.092, 0.409, 0.423, 0.425, 0.411, 0.429, 0.435),
-    "cat": (0.000, 0.001, 0.000, 0.148, 0.162, 0.100, 0.146, 0.157, 0.087),
-    "chair": (0.005, 0.004, 0.001, 0.095, 0.095, 0.109, 0.109, 0.107, 0.109),
-    "cow": (0.000, 0.002, 0.000, 0.054, 0.050, 0.058, 0.089, 0.069, 0.033),
-    "diningtable": (0.005, 0.005, 0.000, 0.317, 0.317, 0.220, 0.288, 0.290, 0.207),
-    "dog": (0.003, 0.000, 0.000, 0.080, 0.083, 0.071, 0.116, 0.125, 0.093),
-    "horse": (0.007, 0.003, 0.002, 0.369, 0.373, 0.277, 0.336, 0.329, 0.284),
-    "motorbike": (0.002, 0.003, 0.002, 0.317, 0.328, 0.277, 0.301, 0.317, 0.265),
-    "person": (0.035, 0.012, 0.016, 0.317, 0.317, 0.311, 0.314, 0.319, 0.316),
-    "pottedplant": (0.007, 0.091, 0.000, 0.099, 0.097, 0.095, 0.096, 0.096, 0.094),
-    "sheep": (0.001, 0.012, 0.001, 0.144, 0.150, 0.161, 0.173, 0.156, 0.149),
-    "sofa": (0.001, 0.000, 0.000, 0.155, 0.174, 0.134, 0.156, 0.160, 0.142),
-    "train": (0.018, 0.002, 0.001, 0.315, 0.321, 0.259, 0.251, 0.262, 0.248),
-    "tvmonitor": (0.007, 0.004, 0.002, 0.249, 0.251, 0.241, 0.253, 0.264, 0.235),
-    "mAP": (0.011, 0.015, 0.006, 0.225, 0.229, 0.203, 0.220, 0.224, 0.199)}
-_T3_KEYS = [f"{m} {a}" for m in TABLE3_MODELS for a in TABLE3_ATTACKS]
-TABLE3 = Reported("CWAT Table 3", "VOC07 test, SSD VGG16-BN, per-class AP under PGD-10 MDA/OWA/CWA, ε = 8",
-                  "VOC07", {k: {cls: ap[i] for cls, ap in _T3.items()} for i, k in enumerate(_T3_KEYS)}, scale=1)
-# Table 4's VGG16 CWAT row differs from Table 1's CWAT row in three cells (0.324/0.222/0.366 vs 0.325/0.224/0.367)
-TABLE4 = Reported("CWAT Table 4", "VOC07 test, SSD with VGG16-BN / ResNet50 (ScratchDet) backbones, ε = 8",
-                  "VOC07", _rows({
-                      "VGG16 STD": (0.752, 0.162, 0.250, 0.012, 0.043, 0.006, 0.291),
-                      "VGG16 CWAT": (0.513, 0.324, 0.433, 0.222, 0.366, 0.199, 0.503),
-                      "ResNet50 STD": (0.806, 0.344, 0.420, 0.070, 0.062, 0.016, 0.795),
-                      "ResNet50 CWAT": (0.483, 0.318, 0.401, 0.244, 0.340, 0.250, 0.482)}), scale=1)
-TABLE5 = Reported("CWAT Table 5", "VOC07 test, SSD VGG16-BN trained with TOAT-β_cls-β_reg loss clipping, ε = 8",
-                  "VOC07", _rows({
-                      "TOAT-inf": (0.469, 0.266, 0.374, 0.173, 0.310, 0.165, 0.456),
-                      "TOAT-2": (0.535, 0.302, 0.408, 0.191, 0.297, 0.132, 0.502),
-                      "TOAT-4": (0.477, 0.288, 0.396, 0.190, 0.327, 0.183, 0.463),
-                      "TOAT-6": (0.430, 0.300, 0.397, 0.218, 0.334, 0.197, 0.466),
-                      "TOAT-8": (0.343, 0.289, 0.389, 0.204, 0.331, 0.189, 0.457),
-                      "TOAT-2-4": (0.512, 0.304, 0.388, 0.211, 0.292, 0.131, 0.487),
-                      "TOAT-4-2": (0.479, 0.296, 0.404, 0.203, 0.337, 0.178, 0.472),
-                      "TOAT-2-6": (0.529, 0.325, 0.403, 0.226, 0.302, 0.146, 0.503),
-                      "TOAT-6-2": (0.467, 0.289, 0.382, 0.204, 0.316, 0.175, 0.452)}), scale=1)
-
-#: Appendix B: fast CWAT is 3.19x faster than MTD (4 GPUs, batch 14 per GPU; the paper does not
-#: say per epoch or per schedule)
-PAPER_SPEEDUP = 3.19
-#: Appendix B: backward passes per iteration (MTD-PGD10: 2 x 10 attack steps + 2 to pick the
-#: example + 1 update; fast CWAT: 1 for the perturbation + 1 update)
-PAPER_BACKWARDS = {"MTD-PGD10": 23, "CWAT-fast": 2}
-#: Section 4.2 / Algorithm 1: minibatch replays m of fast adversarial training
-FAST_REPLAYS = 4
+EPS = 8 / 255
+#: β_t = β_o = 6 in every experiment of the paper
+BETA = 6.0
 
 
-def table3_frame() -> pd.DataFrame:
-    """Table 3 as classes (then ``mAP``) × (model, attack) columns, models STD/OWAT/CWAT."""
-    f = TABLE3.frame().T.loc[list(_T3), _T3_KEYS]
-    f.columns = pd.MultiIndex.from_tuples([tuple(k.split(" ")) for k in _T3_KEYS], names=["model", "attack"])
-    return f
+# ---------------------------------------------------------------------------------- recipes
+# The parameters always train on the multibox loss (eq. 1, AdversarialRecipe); the recipes differ
+# only in the attack that makes the training images, which is the evaluation attack's objective.
+@RECIPES.register("toat")
+def toat_recipe(beta_cls: float = BETA, beta_loc: float = BETA, steps: int = 10, eps: float = EPS,
+                seed: int = 0) -> AdversarialRecipe:
+    """TOAT-β_cls-β_reg (eqs. 8-9): PGD on the clipped task losses (``math.inf``: no clip)."""
+    return AdversarialRecipe("toat", pgd("toa", eps, 2 / 255, steps, seed=seed, beta_cls=float(beta_cls),
+                                         beta_loc=float(beta_loc)))
 
 
-# ------------------------------------------------------------------------------- helpers
-def mean_adversarial(frame: pd.DataFrame) -> pd.Series:
-    """Per row, the mean mAP over the :data:`ADV_COLUMNS` present in ``frame`` (a row missing one
-    of them is NaN: its mean would not be comparable with the other rows')."""
-    cols = [c for c in ADV_COLUMNS if c in frame.columns]
-    return frame[cols].astype(float).mean(axis=1, skipna=False)
+@RECIPES.register("owat")
+def owat_recipe(beta: float = BETA, steps: int = 10, eps: float = EPS, seed: int = 0) -> AdversarialRecipe:
+    """OWAT (eqs. 10-11): PGD on the sum of each object's clipped task losses."""
+    return AdversarialRecipe("owat", pgd("owa", eps, 2 / 255, steps, seed=seed, beta=float(beta)))
 
 
-def class_spread(per_class: pd.Series) -> dict:
-    """How evenly AP is spread over classes: ``{"std"`` (sample, ddof=1), ``"min"``, ``"worst_class"``,
-    ``"mean"}`` of the per-class APs, ignoring a ``mAP`` entry and NaNs."""
-    s = per_class.drop("mAP", errors="ignore").dropna().astype(float)
-    if s.empty:
-        return {"std": float("nan"), "min": float("nan"), "worst_class": "", "mean": float("nan")}
-    return {"std": float(s.std(ddof=1)), "min": float(s.min()), "worst_class": str(s.idxmin()),
-            "mean": float(s.mean())}
+@RECIPES.register("cwat")
+def cwat_recipe(beta: float = BETA, steps: int = 10, eps: float = EPS, seed: int = 0) -> AdversarialRecipe:
+    """CWAT (eq. 12): PGD on the class-wise average of the clipped object losses."""
+    return AdversarialRecipe("cwat", pgd("cwa", eps, 2 / 255, steps, seed=seed, beta=float(beta)))
 
 
-def seed_comparison(rows: pd.DataFrame, a: str, b: str, columns: Sequence[str]) -> pd.DataFrame:
-    """Models ``a`` and ``b`` over seeds, per attack in ``columns`` (rows: ``seed``, ``model``,
-    ``attack``, ``map``): ``mean_a, std_a, mean_b, std_b`` (sample std over seeds), ``diff`` =
-    mean_a - mean_b, ``spread`` = max(std_a, std_b), ``exceeds_spread`` = |diff| > spread."""
-    cols = list(columns)
-    r = rows[rows["attack"].isin(cols) & rows["model"].isin([a, b])]
-    g = r.groupby(["attack", "model"])["map"]
-    mean = g.mean().unstack("model").reindex(index=cols, columns=[a, b])
-    std = g.std(ddof=1).unstack("model").reindex(index=cols, columns=[a, b])
-    out = pd.DataFrame({"mean_a": mean[a], "std_a": std[a], "mean_b": mean[b], "std_b": std[b]})
-    out["diff"] = out["mean_a"] - out["mean_b"]
-    out["spread"] = out[["std_a", "std_b"]].max(axis=1, skipna=False)
-    out["exceeds_spread"] = out["diff"].abs() > out["spread"]
-    return out
+@RECIPES.register("cwat-fast")
+def cwat_fast_recipe(beta: float = BETA, eps: float = EPS, replays: int = 4) -> FreeAdversarialRecipe:
+    """CWAT-fast (Algorithm 1): free adversarial training on the class-wise loss, m replays."""
+    return FreeAdversarialRecipe("cwat-fast", ("cwa",), eps, replays, beta=float(beta))
 
 
-def seed_spread(rows: pd.DataFrame, columns: Sequence[str] = ADV_COLUMNS) -> float:
-    """The largest, over models, sample std over seeds of a model's mean adversarial mAP (the mean
-    over ``columns`` per seed); NaN when some model has a single seed."""
-    r = rows[rows["attack"].isin(list(columns))]
-    per_seed = r.groupby(["model", "seed"])["map"].mean()
-    return float(per_seed.groupby(level="model").std(ddof=1).max(skipna=False))
+@RECIPES.register("mtd-fast")
+def mtd_fast_recipe(eps: float = EPS, replays: int = 4) -> FreeAdversarialRecipe:
+    """MTD-fast (the paper's own fast MTD): free adversarial training with one δ per task domain,
+    training per image on the domain with the larger multibox loss (MTD Algorithm 1's choice)."""
+    return FreeAdversarialRecipe("mtd-fast", ("cls", "loc"), eps, replays)
 
 
-# -------------------------------------------------------------------------------- claims
-#: "match": within 1 mAP point
-MATCH_TOL = 0.01
-#: the fast model's PGD-10 A_cls may sit this far below CWAT's (3 points)
-FAST_TOL = 0.03
-_T3_ATTACKS = list(TABLE3_ATTACKS)
-_PGD_CWA = ("PGD-10 A_cls", "PGD-10 A_reg", "CWA")
+def toat_name(beta_cls: float, beta_loc: float) -> str:
+    """The paper's row name: ``TOAT-6``, ``TOAT-inf``, ``TOAT-2-4``."""
+    def fmt(b: float) -> str:
+        return "inf" if math.isinf(b) else f"{b:g}"
+    return f"TOAT-{fmt(beta_cls)}" if beta_cls == beta_loc else f"TOAT-{fmt(beta_cls)}-{fmt(beta_loc)}"
 
 
-def claims(table1: pd.DataFrame, attack_mAP: pd.DataFrame, per_class_cwa: Mapping[str, pd.Series],
-           table5: pd.DataFrame, seed_rows: pd.DataFrame, speed: Mapping[str, float]) -> list[Claim]:
-    """The claims of Section 4 and Appendix B on this run's numbers (thresholds fixed above).
+def model_name(recipe: str, steps: int | None = None, **betas) -> str:
+    """A row name that says how the model was trained: the paper's name when trained as the paper
+    (PGD-10 for TOAT/OWAT/CWAT), else with the training attack (``CWAT-PGD3``, ``OWAT-1step``)."""
+    base = {"owat": "OWAT", "cwat": "CWAT", "cwat-fast": "CWAT-fast", "mtd-fast": "MTD-fast"}.get(recipe)
+    if recipe == "toat":
+        base = toat_name(betas.get("beta_cls", BETA), betas.get("beta_loc", BETA))
+    if base is None:
+        raise ValueError(f"no CWAT row name for recipe {recipe!r}")
+    if steps is None or steps == 10 or recipe in ("cwat-fast", "mtd-fast"):
+        return base
+    return f"{base}-1step" if steps == 1 else f"{base}-PGD{steps}"
 
-    Args:
-        table1: models (``STD``, ``MTD-fast``, ``OWAT``, ``CWAT``, ``CWAT-fast``) × ``clean`` and
-            :data:`ADV_COLUMNS` → mAP.
-        attack_mAP: models (``STD``, ``MTD-fast``, ``OWAT``, ``CWAT``) × ``MDA``, ``OWA``, ``CWA`` → mAP
-            (Table 3's attacks).
-        per_class_cwa: model → per-class AP under CWA (a Series indexed by class; ``mAP`` ignored),
-            for ``MTD-fast`` and ``CWAT`` at least.
-        table5: TOAT models (``TOAT-inf``, ``TOAT-6``, ...) × Table 1's columns → mAP.
-        seed_rows: long rows ``seed``, ``model``, ``attack``, ``map`` of OWAT and CWAT over seeds,
-            attacks among :data:`ADV_COLUMNS`; gives the seed spread (:func:`seed_spread`).
-        speed: ``per_epoch_speedup`` (CWAT-fast over MTD-PGD10, wall time per epoch) and
-            ``schedule_speedup`` (whole training schedule).
+
+# ---------------------------------------------------------------------------------- budget
+@dataclass(frozen=True)
+class CWATBudget:
+    """Notebook 02's budget beyond the shared :class:`advlib.profiles.Budget`.
+
+    Attributes:
+        train_steps: PGD steps of the TOAT/OWAT/CWAT training attack (the paper: 10).
+        epochs: E, the fine-tuning epochs of the PGD recipes; the fast recipes run E/m epochs of
+            m replays (E must be a multiple of m, so E/m is a whole number of passes).
+        replays: m of the fast recipes (the paper: 4).
+        ablation: (β_cls, β_reg) pairs of the clipping ablation (Table 5).
+        seeds: seeds of the OWAT/CWAT seed study.
+        cost_images, cost_epochs: the training-cost run (every recipe timed in one run on this
+            many training images for this many epochs of the PGD schedule, E/m for fast ones).
     """
-    a = attack_mAP
-    c1 = check("CWA is the strongest of MDA/OWA/CWA against STD and against every robust model",
-               all(a.loc[m, "CWA"] <= a.loc[m, ["MDA", "OWA"]].min() for m in a.index), source="CWAT Table 3",
-               **{f"{m}_{k}": float(a.loc[m, k]) for m in a.index for k in _T3_ATTACKS})
 
-    models2 = ("MTD-fast", "OWAT", "CWAT")
-    c2 = check("OWAT and CWAT match or beat MTD-fast under PGD-10 A_cls, PGD-10 A_reg and CWA "
-               f"(each >= MTD-fast - {MATCH_TOL * 100:g} point)",
-               all(table1.loc[m, k] >= table1.loc["MTD-fast", k] - MATCH_TOL for m in models2[1:] for k in _PGD_CWA),
-               source="CWAT Table 1", **{f"{m}_{k}": float(table1.loc[m, k]) for m in models2 for k in _PGD_CWA})
+    train_steps: int
+    epochs: int
+    ablation: tuple[tuple[float, float], ...]
+    seeds: tuple[int, ...]
+    cost_images: int
+    cost_epochs: int
+    replays: int = FAST_REPLAYS
 
-    cw, mf = class_spread(per_class_cwa["CWAT"]), class_spread(per_class_cwa["MTD-fast"])
-    c3 = check("CWAT spreads robustness more evenly over classes than MTD-fast: lower std of per-class AP under CWA",
-               cw["std"] < mf["std"], source="CWAT Table 3, Section 4.6",
-               note=f"worst class under CWA: CWAT {cw['worst_class']}, MTD-fast {mf['worst_class']}",
-               std_CWAT=cw["std"], std_MTD_fast=mf["std"], worst_AP_CWAT=cw["min"], worst_AP_MTD_fast=mf["min"])
-
-    spread = seed_spread(seed_rows)
-    ours, paper = mean_adversarial(table5), mean_adversarial(TABLE5.frame())
-    t6, tinf = float(ours["TOAT-6"]), float(ours["TOAT-inf"])
-    c4 = check("TOAT-6 beats TOAT-inf on mean adversarial mAP by more than the seed spread "
-               f"(paper: {paper['TOAT-6']:.3f} vs {paper['TOAT-inf']:.3f})", t6 - tinf > spread,
-               source="CWAT Table 5", TOAT_6_mean_adv=t6, TOAT_inf_mean_adv=tinf, diff=t6 - tinf, seed_spread=spread)
-
-    fast, full = float(table1.loc["CWAT-fast", "PGD-10 A_cls"]), float(table1.loc["CWAT", "PGD-10 A_cls"])
-    per_epoch = float(speed["per_epoch_speedup"])
-    c5 = check(f"CWAT-fast trains >= {PAPER_SPEEDUP:g}x faster per epoch than MTD-PGD10 while its PGD-10 A_cls "
-               f"stays within {FAST_TOL * 100:g} points of CWAT's",
-               per_epoch >= PAPER_SPEEDUP and fast >= full - FAST_TOL,
-               source="CWAT Appendix B, Table 1", per_epoch_speedup=per_epoch,
-               schedule_speedup=float(speed["schedule_speedup"]), CWAT_fast_PGD10_A_cls=fast, CWAT_PGD10_A_cls=full)
-
-    present = [c for c in ADV_COLUMNS if c in set(seed_rows["attack"])]
-    cmp = seed_comparison(seed_rows, "OWAT", "CWAT", present)
-    mean_diff, largest = float(cmp["diff"].mean(skipna=False)), float(cmp["spread"].max(skipna=False))
-    c6 = check("OWAT beats CWAT on VOC-like data by more than the seed spread "
-               "(paper Table 1: OWAT >= CWAT in every column, by < 1 point)", mean_diff > largest,
-               source="CWAT Table 1", note=f"{int(cmp['exceeds_spread'].sum())} of {len(present)} columns' "
-               "OWAT - CWAT differences exceed their seed spread",
-               mean_diff=mean_diff, largest_spread=largest, columns_exceeding=int(cmp["exceeds_spread"].sum()))
-    return [c1, c2, c3, c4, c5, c6]
+    def __post_init__(self) -> None:
+        if self.epochs % self.replays or self.cost_epochs % self.replays:
+            raise ValueError(f"epochs ({self.epochs}) and cost_epochs ({self.cost_epochs}) must be multiples of "
+                             f"replays m = {self.replays}, so that E/m is a whole number of passes")
+        if self.train_steps < 1 or self.cost_images < 1 or not self.seeds:
+            raise ValueError(f"invalid CWAT budget {self}")
 
 
-__all__ = ["ADV_COLUMNS", "COLUMNS", "FAST_REPLAYS", "FAST_TOL", "MATCH_TOL", "PAPER_BACKWARDS", "PAPER_SPEEDUP",
-           "TABLE1", "TABLE2", "TABLE3", "TABLE3_ATTACKS", "TABLE3_MODELS", "TABLE4", "TABLE5", "claims",
-           "class_spread", "mean_adversarial", "seed_comparison", "seed_spread", "table3_frame"]
+_INF = math.inf
+BUDGETS = {
+    "smoke": CWATBudget(train_steps=1, epochs=4, ablation=((_INF, _INF), (2, 2), (2, 6)), seeds=(0, 1),
+                        cost_images=32, cost_epochs=4),
+    "default": CWATBudget(train_steps=1, epochs=4, ablation=((_INF, _INF), (2, 2), (4, 4), (8, 8), (2, 4), (4, 2)),
+                          seeds=(0, 1, 2), cost_images=256, cost_epochs=4),
+    "voc": CWATBudget(train_steps=10, epochs=24, ablation=((_INF, _INF), (2, 2), (4, 4), (8, 8), (2, 4), (4, 2),
+                                                           (2, 6), (6, 2)), seeds=(0,), cost_images=2048,
+                      cost_epochs=4),
+}
+
+
+def budget(profile_name: str) -> CWATBudget:
+    """The CWAT budget of a profile (the default profile's for a profile it does not name)."""
+    return BUDGETS.get(profile_name, BUDGETS["default"])
+
+
+def training_cost(model, dataset, recipes: Mapping[str, object], cfg, epochs: int, replays: int = FAST_REPLAYS,
+                  device=None) -> pd.DataFrame:
+    """Every recipe timed in one run: each fine-tunes a copy of ``model`` on ``dataset`` for
+    ``epochs`` (recipes with ``replays`` > 1: ``epochs / replays``), with ``cfg``'s optimiser.
+
+    Returns:
+        rows = recipe names × ``epochs``, ``iterations``, ``seconds`` (whole schedule),
+        ``seconds_per_epoch``, ``forward_per_iter``, ``backward_per_iter`` (counted as they ran).
+    """
+    import copy
+    import dataclasses
+
+    from advlib.train import train
+
+    rows = []
+    for name, recipe in recipes.items():
+        m = int(getattr(recipe, "replays", 1))
+        e = epochs // m if m > 1 else epochs
+        hist = train(copy.deepcopy(model), dataset, recipe, dataclasses.replace(cfg, epochs=e), device=device,
+                     progress=False)
+        secs = sum(h["seconds"] for h in hist)
+        rows.append({"recipe": name, "epochs": e, "iterations": sum(h["iterations"] for h in hist),
+                     "seconds": secs, "seconds_per_epoch": secs / e,
+                     "forward_per_iter": float(np.mean([h["forward_per_iter"] for h in hist])),
+                     "backward_per_iter": float(np.mean([h["backward_per_iter"] for h in hist]))})
+    return pd.DataFrame(rows).set_index("recipe")
+
+
+# ------------------------------------------------------------------------------- analyses
+def clip_rates(model, images: Tensor, targets: list[dict], spec: AttackSpec | None, betas: Sequence[float],
+               batch_size: int = 32) -> pd.DataFrame:
+    """How often the clip binds: at the examples of ``spec`` (``None``: clean images), the
+    fraction of images whose task loss exceeds β (TOA, eq. 9: ``L_cls``, ``L_loc``) and of objects
+    whose own task loss exceeds β (OWA/CWA, eq. 11: ``l_cls^o``, ``l_loc^o``), for each β.
+
+    Returns:
+        rows β × columns ``image L_cls``, ``image L_loc``, ``object l_cls``, ``object l_loc``.
+    """
+    dev = next(model.parameters()).device
+    img_c, img_l, obj_c, obj_l = [], [], [], []
+    with eval_mode(model):
+        for i in range(0, images.shape[0], batch_size):
+            x, t = images[i:i + batch_size].to(dev), targets_to(dev, targets[i:i + batch_size])
+            matched = match_anchors(model.anchors, t, model.box_coder)
+            if spec is not None:
+                x = attack(model, x, t, spec, matched=matched)
+            with torch.no_grad():
+                terms = multibox_terms(model(x), matched)
+                oc, ol, present = object_losses(terms)
+            img_c.append(cls_loss(terms).cpu()), img_l.append(loc_loss(terms).cpu())
+            obj_c.append(oc[present].cpu()), obj_l.append(ol[present].cpu())
+    ic, il, oc, ol = (torch.cat(v) for v in (img_c, img_l, obj_c, obj_l))
+    return pd.DataFrame([{"beta": b, "image L_cls": float((ic > b).float().mean()),
+                          "image L_loc": float((il > b).float().mean()), "object l_cls": float((oc > b).float().mean()),
+                          "object l_loc": float((ol > b).float().mean())} for b in betas]).set_index("beta")
+
+
+def classes_per_image(targets: list[dict]) -> np.ndarray:
+    """Distinct classes in each image's ground truth."""
+    return np.array([len(set(t["labels"].tolist())) for t in targets])
+
+
+def ap_by_classes_in_image(model, adv_images: Tensor, targets: list[dict], num_classes: int,
+                           groups: Sequence[tuple[int, int]] = ((1, 1), (2, 2), (3, 3), (4, 10**9)),
+                           class_names=None) -> pd.DataFrame:
+    """Per-class AP on the images holding ``lo..hi`` distinct classes, for each group (beyond the
+    paper: its explanation of why CWAT helps more on COCO than on VOC). ``adv_images`` are the
+    already-attacked images (8-bit), evaluated per group.
+
+    Returns:
+        rows = group labels (``1``, ``2``, ``3``, ``4+``) × columns ``images``, ``mAP`` and each class.
+    """
+    n_cls = classes_per_image(targets)
+    rows = []
+    for lo, hi in groups:
+        idx = np.flatnonzero((n_cls >= lo) & (n_cls <= hi))
+        label = f"{lo}+" if hi >= 10**9 else (f"{lo}" if lo == hi else f"{lo}-{hi}")
+        row = {"group": label, "images": int(len(idx))}
+        if len(idx):
+            res = mean_ap(model, adv_images[torch.as_tensor(idx)], [targets[i] for i in idx], num_classes,
+                          class_names=class_names)
+            row["mAP"] = res.map
+            row.update({str(name): float(ap) for name, ap in zip(res.class_names, res.ap)})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("group")
+
+
+
+
+__all__ = ["BUDGETS", "BETA", "CWATBudget", "EPS", "ap_by_classes_in_image", "budget", "classes_per_image",
+           "clip_rates", "cwat_fast_recipe", "cwat_recipe", "model_name", "mtd_fast_recipe", "owat_recipe", "toat_name",
+           "toat_recipe", "training_cost", *_claims_all]
