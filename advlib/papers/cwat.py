@@ -134,10 +134,11 @@ class CWATBudget:
 
 _INF = math.inf
 BUDGETS = {
-    "smoke": CWATBudget(train_steps=1, epochs=4, ablation=((_INF, _INF), (2, 2), (2, 6)), seeds=(0, 1),
-                        cost_images=32, cost_epochs=4),
+    # CI plumbing in a minute: one epoch, no replay (m = 1 keeps E/m whole), TOAT-inf only, one seed
+    "smoke": CWATBudget(train_steps=1, epochs=1, ablation=((_INF, _INF),), seeds=(0,), cost_images=32, cost_epochs=1,
+                        replays=1),
     "default": CWATBudget(train_steps=1, epochs=4, ablation=((_INF, _INF), (2, 2), (4, 4), (8, 8), (2, 4), (4, 2)),
-                          seeds=(0, 1, 2), cost_images=256, cost_epochs=4),
+                          seeds=(0, 1, 2), cost_images=128, cost_epochs=4),
     "voc": CWATBudget(train_steps=10, epochs=24, ablation=((_INF, _INF), (2, 2), (4, 4), (8, 8), (2, 4), (4, 2),
                                                            (2, 6), (6, 2)), seeds=(0,), cost_images=2048,
                       cost_epochs=4),
@@ -175,6 +176,33 @@ def training_cost(model, dataset, recipes: Mapping[str, object], cfg, epochs: in
                      "forward_per_iter": float(np.mean([h["forward_per_iter"] for h in hist])),
                      "backward_per_iter": float(np.mean([h["backward_per_iter"] for h in hist]))})
     return pd.DataFrame(rows).set_index("recipe")
+
+
+def cached_training_cost(exp, recipes: Mapping[str, object], cb: CWATBudget, seed: int = 0) -> pd.DataFrame:
+    """:func:`training_cost` of ``recipes`` from the experiment's cached STD model on the first
+    ``cb.cost_images`` training images, with the fine-tuning schedule, kept in the result cache
+    (a warm re-run shows the timings of the run that measured them, with its date)."""
+    import datetime
+
+    from torch.utils.data import Subset
+
+    from advlib.cache import ResultCache
+
+    std = exp.trained("std", seed=seed)
+    cfg = exp.finetune_config(cb.cost_epochs, seed=seed)
+    n = min(cb.cost_images, len(exp.train_set))
+
+    def compute() -> dict:
+        frame = training_cost(std.model, Subset(exp.train_set, range(n)), recipes, cfg, cb.cost_epochs,
+                              device=exp.device)
+        return {"table": frame, "measured": datetime.date.today().isoformat(), "images": n}
+
+    value = ResultCache.resolve(None).cached(
+        compute, kind="cwat-training-cost", model=std.key, images=n, cfg=cfg.to_dict(),
+        recipes={k: r.spec() for k, r in recipes.items()}, device=str(exp.device))
+    table = pd.DataFrame.from_dict(value["table"], orient="index")
+    table.attrs.update(measured=value["measured"], images=value["images"])
+    return table
 
 
 # ------------------------------------------------------------------------------- analyses
@@ -238,6 +266,6 @@ def ap_by_classes_in_image(model, adv_images: Tensor, targets: list[dict], num_c
 
 
 
-__all__ = ["BUDGETS", "BETA", "CWATBudget", "EPS", "ap_by_classes_in_image", "budget", "classes_per_image",
+__all__ = ["BUDGETS", "BETA", "CWATBudget", "EPS", "ap_by_classes_in_image", "budget", "cached_training_cost", "classes_per_image",
            "clip_rates", "cwat_fast_recipe", "cwat_recipe", "model_name", "mtd_fast_recipe", "owat_recipe", "toat_name",
            "toat_recipe", "training_cost", *_claims_all]
