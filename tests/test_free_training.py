@@ -165,3 +165,16 @@ def test_classes_per_image_groups(tiny_test):
     table = cwat.ap_by_classes_in_image(make_model(seed=0).eval(), images, targets, 12)
     assert table["images"].sum() == 8
     assert list(table.index) == ["1", "2", "3", "4+"]
+
+
+def test_row_names_say_how_a_model_was_trained_and_budgets_keep_whole_passes():
+    assert cwat.model_name("cwat", 10) == "CWAT" and cwat.model_name("owat", 1) == "OWAT-1step"
+    assert cwat.model_name("toat", 3, beta_cls=2, beta_loc=4) == "TOAT-2-4-PGD3"
+    assert cwat.model_name("toat", 1, beta_cls=math.inf, beta_loc=math.inf) == "TOAT-inf-1step"
+    assert cwat.model_name("cwat-fast", 1) == "CWAT-fast"
+    with pytest.raises(ValueError, match="no CWAT row name"):
+        cwat.model_name("std")
+    with pytest.raises(ValueError, match="multiples of replays"):
+        cwat.CWATBudget(train_steps=1, epochs=6, ablation=(), seeds=(0,), cost_images=8, cost_epochs=4)
+    for b in cwat.BUDGETS.values():
+        assert b.epochs % b.replays == 0 and b.cost_epochs % b.replays == 0
