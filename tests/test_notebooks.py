@@ -69,9 +69,8 @@ EXECUTED = sorted((NB_DIR / "executed").glob("*.ipynb")) + sorted((ROOT / "resul
 MACHINE_PATHS = ("/work/", "/home/", "/root/", "/tmp/")
 
 
-#: committed by the last full run of notebook 01, before this check existed; the next default run of
-#: notebook 01 regenerates them (then this strict xfail fails until the entry is removed)
-STALE = {"notebooks/executed/01_mtd_task_domains.ipynb"}
+#: executed files committed before this check existed (strict xfail until they are regenerated)
+STALE: set[str] = set()
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="stale: see STALE"))
