@@ -102,8 +102,9 @@ class FreeAdversarialRecipe:
     def __call__(self, model, images: Tensor, targets: list[dict]) -> Tensor:
         k, b = len(self.domains), images.shape[0]
         shape = (k, *images.shape)
-        if self.delta is None or tuple(self.delta.shape) != shape or self.delta.device != images.device:
+        if self.delta is None or tuple(self.delta.shape) != shape:
             self.delta = torch.zeros(shape, dtype=images.dtype, device=images.device)
+        self.delta = self.delta.to(images.device)  # a checkpointed δ comes back on the CPU
         matched = match_anchors(model.anchors, targets, model.box_coder)
         delta = self.delta.detach().requires_grad_(True)
         x = (images.unsqueeze(0) + delta).clamp(0.0, 1.0).flatten(0, 1)  # [k, B, 3, H, W] -> [k*B, 3, H, W]

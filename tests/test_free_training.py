@@ -178,3 +178,16 @@ def test_row_names_say_how_a_model_was_trained_and_budgets_keep_whole_passes():
         cwat.CWATBudget(train_steps=1, epochs=6, ablation=(), seeds=(0,), cost_images=8, cost_epochs=4)
     for b in cwat.BUDGETS.values():
         assert b.epochs % b.replays == 0 and b.cost_epochs % b.replays == 0
+
+
+def test_free_at_delta_survives_a_kill_and_resume(tiny_train, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=8, optimizer="sgd", lr=1e-2, augment=False, seed=1, warmup_frac=0.0)
+    ref, rec = make_model(seed=0), FreeAdversarialRecipe("free", ("cwa",), replays=2)
+    train(ref, tiny_train, rec, cfg, checkpoint_dir=tmp_path / "a", progress=False)
+    m = make_model(seed=0)
+    train(m, tiny_train, FreeAdversarialRecipe("free", ("cwa",), replays=2), cfg, checkpoint_dir=tmp_path / "b",
+          progress=False, stop_after_epochs=1)
+    m2, rec2 = make_model(seed=0), FreeAdversarialRecipe("free", ("cwa",), replays=2)  # a new process
+    train(m2, tiny_train, rec2, cfg, checkpoint_dir=tmp_path / "b", progress=False)
+    assert torch.equal(rec.delta, rec2.delta)
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), m2.state_dict().values()))
