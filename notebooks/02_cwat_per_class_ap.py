@@ -120,7 +120,8 @@ t1_attacks = {"clean": None, "FGSM A_cls": fgsm("cls", seed=seed), "FGSM A_reg":
 print({k: v.label() for k, v in t1_attacks.items() if v is not None})
 t1 = robustness_table(models, t1_attacks, tab_x, tab_t, exp.classes, data_id=exp.data_id)
 table1 = t1.frame
-display(pd.concat({"ours": table1, cwat.TABLE1.label: cwat.TABLE1.frame()}, axis=1).round(3))
+display(table1.round(3))
+display(cwat.TABLE1.frame().rename_axis(cwat.TABLE1.label).round(3))
 fig, ax = plt.subplots(figsize=(10, 3))
 table1.T.plot.bar(ax=ax, rot=0, width=0.85)
 ax.set_ylabel("mAP@0.5"); ax.set_title("Table 1 (ours)"); ax.legend(ncol=4, fontsize=7)
@@ -135,7 +136,7 @@ plt.show()
 t3_attacks = {a: preset(a, steps=ka, seed=seed) for a in ("MDA", "OWA", "CWA")}
 t3_models = {m: models[m] for m in ("STD", "MTD-fast", N["owat"], N["cwat"])}
 t3 = robustness_table(t3_models, t3_attacks, tab_x, tab_t, exp.classes, data_id=exp.data_id)
-per_class = pd.concat({a: t3.per_class(a) for a in t3_attacks}, axis=1).swaplevel(axis=1).sort_index(axis=1, level=0)
+per_class = pd.concat({m: pd.concat({a: t3.per_class(a)[m] for a in t3_attacks}, axis=1) for m in t3_models}, axis=1)
 per_class.loc["mAP"] = [t3.get(m, a) for m, a in per_class.columns]
 display(per_class.round(3))
 display(cwat.table3_frame().rename_axis(cwat.TABLE3.label).round(3))
@@ -165,7 +166,8 @@ table5 = t5.frame
 table5["mean adversarial"] = cwat.mean_adversarial(table5)
 paper5 = cwat.TABLE5.frame()
 paper5["mean adversarial"] = cwat.mean_adversarial(paper5)
-display(pd.concat({"ours": table5, cwat.TABLE5.label: paper5}, axis=1).round(3))
+display(table5.round(3))
+display(paper5.rename_axis(cwat.TABLE5.label).round(3))
 
 # %% [markdown]
 # ## How often the clip binds
