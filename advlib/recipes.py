@@ -90,13 +90,12 @@ class FreeAdversarialRecipe:
             raise ValueError(f"eps must be >= 0 and replays >= 1, got eps={eps}, replays={replays}")
         self.name, self.domains, self.eps, self.replays = name, tuple(domains), float(eps), int(replays)
         self.params = dict(sorted(params.items()))
-        self.reducers = []
-        for d in self.domains:
-            accepted = {k: v for k, v in params.items() if k in _parameters(REDUCERS[d])}
-            self.reducers.append(functools.partial(REDUCERS[d], **accepted))
-        unused = set(params) - {k for d in self.domains for k in _parameters(REDUCERS[d])}
+        takes = [set(inspect.signature(REDUCERS[d]).parameters) - {"terms"} for d in self.domains]
+        unused = set(params).difference(*takes)
         if unused:
             raise ValueError(f"recipe {name!r}: no domain takes parameter(s) {sorted(unused)}")
+        self.reducers = [functools.partial(REDUCERS[d], **{k: v for k, v in params.items() if k in t})
+                         for d, t in zip(self.domains, takes)]
         self.delta: Tensor | None = None
 
     def __call__(self, model, images: Tensor, targets: list[dict]) -> Tensor:
@@ -109,16 +108,14 @@ class FreeAdversarialRecipe:
         delta = self.delta.detach().requires_grad_(True)
         x = (images.unsqueeze(0) + delta).clamp(0.0, 1.0).flatten(0, 1)  # [k, B, 3, H, W] -> [k*B, 3, H, W]
         model.train()
-        terms = multibox_terms(model(x), matched.repeat(k) if k > 1 else matched)
+        terms = multibox_terms(model(x), matched.repeat(k))
         attack_loss = sum(red(terms)[j * b:(j + 1) * b].sum() for j, red in enumerate(self.reducers))
         (grad,) = torch.autograd.grad(attack_loss, delta, retain_graph=True)  # backward 1: δ
         with torch.no_grad():
             self.delta = (self.delta + self.eps * grad.sign()).clamp(-self.eps, self.eps)
         per_image = ssd_loss(terms).view(k, b)  # [k*B] -> [k, B]
-        if k == 1:
-            return per_image[0].mean()  # backward 2 (θ) runs in the training loop
-        pick = per_image.detach().argmax(0)  # per image, the domain with the larger loss
-        return per_image.gather(0, pick[None])[0].mean()
+        pick = per_image.detach().argmax(0)  # per image, the domain with the larger loss (k = 1: the one)
+        return per_image.gather(0, pick[None])[0].mean()  # backward 2 (θ) runs in the training loop
 
     def spec(self) -> dict:
         """Part of the model-cache key."""
@@ -130,11 +127,6 @@ class FreeAdversarialRecipe:
 
     def load_state_dict(self, state: dict) -> None:
         self.delta = state.get("delta")
-
-
-def _parameters(fn) -> set[str]:
-    """A reducer's parameter names (besides its terms)."""
-    return set(inspect.signature(fn).parameters) - {"terms"}
 
 
 def make_recipe(name: str, **params) -> Recipe:

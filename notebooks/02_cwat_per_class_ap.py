@@ -46,14 +46,13 @@ import pandas as pd
 from IPython.display import display
 
 from advlib.attacks import fgsm, pgd, preset
-from advlib.cache import ResultCache, round_8bit
 from advlib.experiment import setup
 from advlib.papers import cwat, mtd  # noqa: F401  (mtd registers the cls/loc/mtd recipes)
 from advlib.plots import dataset_statistics, plot_dataset_statistics
 from advlib.profiles import get_budget
 from advlib.recipes import make_recipe
 from advlib.results import gate_claims, mean_std_table, scorecard
-from advlib.robustness import adversarial_images, robustness_table, sweep_curves
+from advlib.robustness import robustness_table, sweep_curves
 
 t_start = time.perf_counter()
 exp = setup(profile=profile, data_root=data_root, data_format=data_format, classes=classes, device=device,
@@ -89,21 +88,13 @@ print("fraction of training images by distinct classes:", n_cls.round(3).to_dict
 
 # %%
 t0 = time.perf_counter()
-N = {r: cwat.model_name(r, k_train) for r in ("toat", "owat", "cwat", "cwat-fast", "mtd-fast")}
-
-
-def pgd_model(recipe, s=None, **kw):
-    s = seed if s is None else s
-    return exp.trained(make_recipe(recipe, steps=k_train, **kw), parent="std", seed=s,
-                       cfg=exp.finetune_config(cb.epochs, seed=s))
-
-
+N = {r: cwat.model_name(r, k_train) for r in ("toat", "owat", "cwat")}
 trained = {"STD": exp.trained("std"),
            "CLS-1step": exp.trained("cls", parent="std", cfg=ft01),
            "LOC-1step": exp.trained("loc", parent="std", cfg=ft01),
-           "MTD-fast": exp.trained(make_recipe("mtd-fast", replays=cb.replays), parent="std", cfg=ft_fast),
-           N["toat"]: pgd_model("toat"), N["owat"]: pgd_model("owat"), N["cwat"]: pgd_model("cwat"),
-           "CWAT-fast": exp.trained(make_recipe("cwat-fast", replays=cb.replays), parent="std", cfg=ft_fast)}
+           "MTD-fast": cwat.trained(exp, cb, "mtd-fast"),
+           **{N[r]: cwat.trained(exp, cb, r) for r in ("toat", "owat", "cwat")},
+           "CWAT-fast": cwat.trained(exp, cb, "cwat-fast")}
 models = {k: tm.model for k, tm in trained.items()}
 print(f"models ready in {time.perf_counter() - t0:.0f} s; training seconds when trained: "
       f"{ {k: round(tm.meta.get('train_seconds') or 0) for k, tm in trained.items()} }")
@@ -159,8 +150,8 @@ display(spread)
 # TOAT with β = ∞ (no clip), equal and unequal clips, same training attack and schedule as TOAT-6, under Table 1's attacks.
 
 # %%
-ablation = {cwat.model_name("toat", k_train, beta_cls=bc, beta_loc=bl): pgd_model("toat", beta_cls=bc, beta_loc=bl).model
-            for bc, bl in (*cb.ablation, (cwat.BETA, cwat.BETA))}
+ablation = {cwat.model_name("toat", k_train, beta_cls=bc, beta_loc=bl):
+            cwat.trained(exp, cb, "toat", beta_cls=bc, beta_loc=bl).model for bc, bl in (*cb.ablation, (cwat.BETA, cwat.BETA))}
 t5 = robustness_table(ablation, t1_attacks, tab_x, tab_t, exp.classes, data_id=exp.data_id)
 table5 = t5.frame
 table5["mean adversarial"] = cwat.mean_adversarial(table5)
@@ -191,8 +182,7 @@ cost_recipes = {"STD": make_recipe("std"), "MTD-PGD10": make_recipe("mtd", steps
 cost = cwat.cached_training_cost(exp, cost_recipes, cb, seed=seed)
 cost["paper backward/iter"] = pd.Series(cwat.PAPER_BACKWARDS)
 display(cost.round(3))
-speed = {"per_epoch_speedup": float(cost.loc["MTD-PGD10", "seconds_per_epoch"] / cost.loc["CWAT-fast", "seconds_per_epoch"]),
-         "schedule_speedup": float(cost.loc["MTD-PGD10", "seconds"] / cost.loc["CWAT-fast", "seconds"])}
+speed = cwat.speedups(cost)
 count_limit = cost.loc["MTD-PGD10", "backward_per_iter"] / cost.loc["CWAT-fast", "backward_per_iter"]
 print(f"measured {cost.attrs['measured']} on {cost.attrs['images']} images: CWAT-fast over MTD-PGD10 "
       f"{speed['per_epoch_speedup']:.2f}× per epoch (paper {cwat.PAPER_SPEEDUP}×; backward count "
@@ -228,16 +218,8 @@ plt.show()
 # The paper explains CWAT's larger gain on COCO by its images holding more classes. Per-class AP under CWA on the table images grouped by how many distinct classes an image holds (the group sizes are printed: small groups are noisy).
 
 # %%
-def by_classes(name):
-    def compute():
-        adv = round_8bit(adversarial_images(models[name], tab_x, tab_t, t1_attacks["CWA"], progress=False))
-        return cwat.ap_by_classes_in_image(models[name], adv, tab_t, exp.num_classes, class_names=exp.classes)
-    v = ResultCache.resolve(None).cached(compute, kind="cwat-by-classes", model=models[name].zoo_key,
-                                         data=exp.data_id, images=len(tab_t), spec=t1_attacks["CWA"].to_dict())
-    return pd.DataFrame.from_dict(v, orient="index")
-
-
-groups = pd.concat({m: by_classes(m)[["images", "mAP"]] for m in t3_models}, axis=1)
+groups = pd.concat({m: cwat.cached_ap_by_classes(exp, model, tab_x, tab_t, t1_attacks["CWA"])[["images", "mAP"]]
+                    for m, model in t3_models.items()}, axis=1)
 display(groups.round(3))
 
 # %% [markdown]
@@ -247,7 +229,7 @@ display(groups.round(3))
 # %%
 seed_rows = []
 for s in cb.seeds:
-    ms = {N["owat"]: pgd_model("owat", s).model, N["cwat"]: pgd_model("cwat", s).model}
+    ms = {N[r]: cwat.trained(exp, cb, r, seed=s).model for r in ("owat", "cwat")}
     tb = robustness_table(ms, t1_attacks, tab_x, tab_t, exp.classes, progress=False, data_id=exp.data_id)
     seed_rows += [{"seed": s, "model": c.model, "attack": c.attack, "map": c.map, "spec": c.spec} for c in tb.cells]
 seed_df = mean_std_table(seed_rows)
@@ -258,9 +240,7 @@ display(seed_df)
 # Verdicts computed by `advlib.papers.cwat.claims` from the numbers above (thresholds fixed in the module before the run); below the profile's clean-mAP floor they are "not testable on this data". The paper's rows are played by our models as printed.
 
 # %%
-canon = {N["toat"]: "TOAT-6", N["owat"]: "OWAT", N["cwat"]: "CWAT"}
-canon.update({cwat.model_name("toat", k_train, beta_cls=bc, beta_loc=bl): cwat.toat_name(bc, bl)
-              for bc, bl in (*cb.ablation, (cwat.BETA, cwat.BETA))})
+canon = cwat.paper_names(cb)
 print("claims evaluated with:", {v: k for k, v in canon.items() if k != v} or "the paper's models")
 sr = pd.DataFrame(seed_rows).replace({"model": canon})
 claims = cwat.claims(table1.rename(index=canon), t3.frame.rename(index=canon),

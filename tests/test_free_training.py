@@ -191,3 +191,26 @@ def test_free_at_delta_survives_a_kill_and_resume(tiny_train, tmp_path):
     train(m2, tiny_train, rec2, cfg, checkpoint_dir=tmp_path / "b", progress=False)
     assert torch.equal(rec.delta, rec2.delta)
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), m2.state_dict().values()))
+
+
+def test_cwat_model_helpers_by_hand():
+    cb = cwat.CWATBudget(train_steps=1, epochs=4, ablation=((math.inf, math.inf), (2, 4)), seeds=(0,),
+                         cost_images=8, cost_epochs=4)
+    assert cwat.paper_names(cb) == {"TOAT-6-1step": "TOAT-6", "OWAT-1step": "OWAT", "CWAT-1step": "CWAT",
+                                    "TOAT-inf-1step": "TOAT-inf", "TOAT-2-4-1step": "TOAT-2-4"}
+    import pandas as pd
+    cost = pd.DataFrame({"seconds": [80.0, 5.0], "seconds_per_epoch": [20.0, 5.0]}, index=["MTD-PGD10", "CWAT-fast"])
+    assert cwat.speedups(cost) == {"per_epoch_speedup": 4.0, "schedule_speedup": 16.0}
+    calls = []
+
+    class FakeExp:
+        def finetune_config(self, epochs, seed=None):
+            return ("ft", epochs, seed)
+
+        def trained(self, recipe, **kw):
+            calls.append((recipe.spec(), kw))
+
+    cwat.trained(FakeExp(), cb, "cwat", seed=2)
+    cwat.trained(FakeExp(), cb, "cwat-fast")
+    assert calls[0] == (make_recipe("cwat", steps=1).spec(), {"parent": "std", "seed": 2, "cfg": ("ft", 4, 2)})
+    assert calls[1] == (make_recipe("cwat-fast", replays=4).spec(), {"parent": "std", "seed": None, "cfg": ("ft", 1, None)})

@@ -37,7 +37,7 @@ from advlib.papers.cwat_claims import (  # the reported numbers and claims, re-e
     seed_spread, table3_frame)
 from advlib.papers.cwat_claims import __all__ as _claims_all
 from advlib.robustness import mean_ap
-from advlib.utils import eval_mode, targets_to
+from advlib.utils import eval_mode, model_device, targets_to
 
 EPS = 8 / 255
 #: β_t = β_o = 6 in every experiment of the paper
@@ -150,6 +150,32 @@ def budget(profile_name: str) -> CWATBudget:
     return BUDGETS.get(profile_name, BUDGETS["default"])
 
 
+def trained(exp, cb: CWATBudget, recipe: str, seed: int | None = None, **betas):
+    """A CWAT-notebook model from the cache (trained if missing), fine-tuned from the STD model of
+    the same seed: PGD recipes (``toat``/``owat``/``cwat``) with ``cb.train_steps`` steps for
+    ``cb.epochs`` epochs, fast ones (``cwat-fast``/``mtd-fast``) for ``cb.epochs / cb.replays``
+    epochs of ``cb.replays`` replays. Returns a :class:`~advlib.experiment.TrainedModel`."""
+    fast = recipe in ("cwat-fast", "mtd-fast")
+    r = RECIPES.build(recipe, replays=cb.replays) if fast else RECIPES.build(recipe, steps=cb.train_steps, **betas)
+    epochs = cb.epochs // cb.replays if fast else cb.epochs
+    return exp.trained(r, parent="std", seed=seed, cfg=exp.finetune_config(epochs, seed=seed))
+
+
+def paper_names(cb: CWATBudget) -> dict[str, str]:
+    """Our row name -> the paper's, for the models that play the paper's rows in the claims
+    (identical when the budget trains as the paper does)."""
+    pairs = [("toat", {}), ("owat", {}), ("cwat", {})]
+    pairs += [("toat", {"beta_cls": bc, "beta_loc": bl}) for bc, bl in cb.ablation]
+    return {model_name(r, cb.train_steps, **kw): model_name(r, 10, **kw) for r, kw in pairs}
+
+
+def speedups(cost: pd.DataFrame, fast: str = "CWAT-fast", slow: str = "MTD-PGD10") -> dict[str, float]:
+    """``fast`` over ``slow`` in a :func:`training_cost` table: wall time per epoch and over the
+    whole schedule (E epochs against E/m)."""
+    return {"per_epoch_speedup": float(cost.loc[slow, "seconds_per_epoch"] / cost.loc[fast, "seconds_per_epoch"]),
+            "schedule_speedup": float(cost.loc[slow, "seconds"] / cost.loc[fast, "seconds"])}
+
+
 def training_cost(model, dataset, recipes: Mapping[str, object], cfg, epochs: int, replays: int = FAST_REPLAYS,
                   device=None) -> pd.DataFrame:
     """Every recipe timed in one run: each fine-tunes a copy of ``model`` on ``dataset`` for
@@ -215,7 +241,7 @@ def clip_rates(model, images: Tensor, targets: list[dict], spec: AttackSpec | No
     Returns:
         rows β × columns ``image L_cls``, ``image L_loc``, ``object l_cls``, ``object l_loc``.
     """
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     img_c, img_l, obj_c, obj_l = [], [], [], []
     with eval_mode(model):
         for i in range(0, images.shape[0], batch_size):
@@ -264,8 +290,23 @@ def ap_by_classes_in_image(model, adv_images: Tensor, targets: list[dict], num_c
     return pd.DataFrame(rows).set_index("group")
 
 
+def cached_ap_by_classes(exp, model, images: Tensor, targets: list[dict], spec: AttackSpec) -> pd.DataFrame:
+    """:func:`ap_by_classes_in_image` on the (8-bit) examples of ``spec``, kept in the result cache."""
+    from advlib.cache import ResultCache, round_8bit
+    from advlib.robustness import adversarial_images
+
+    def compute() -> pd.DataFrame:
+        adv = round_8bit(adversarial_images(model, images, targets, spec, progress=False))
+        return ap_by_classes_in_image(model, adv, targets, exp.num_classes, class_names=exp.classes)
+
+    value = ResultCache.resolve(None).cached(compute, kind="cwat-by-classes", model=model.zoo_key, data=exp.data_id,
+                                             images=len(targets), spec=spec.to_dict())
+    return pd.DataFrame.from_dict(value, orient="index")
 
 
-__all__ = ["BUDGETS", "BETA", "CWATBudget", "EPS", "ap_by_classes_in_image", "budget", "cached_training_cost", "classes_per_image",
+
+
+__all__ = ["BUDGETS", "BETA", "CWATBudget", "EPS", "ap_by_classes_in_image", "budget", "cached_ap_by_classes",
+           "cached_training_cost", "paper_names", "speedups", "trained", "classes_per_image",
            "clip_rates", "cwat_fast_recipe", "cwat_recipe", "model_name", "mtd_fast_recipe", "owat_recipe", "toat_name",
            "toat_recipe", "training_cost", *_claims_all]

@@ -90,10 +90,10 @@ def adopted_protocol(epochs: int) -> Protocol:
     return Protocol(f"MTD-1step, fine-tuned {epochs} epochs from STD (adopted)", steps=1, epochs=epochs)
 
 
-#: the robust-training protocols compared on seed 0 (the papers train from scratch, MTD, or
-#: fine-tune a clean model for many epochs with PGD, CWAT/RobustDet)
+#: the robust-training protocols compared on seed 0 with the adopted one (:func:`adopted_protocol`):
+#: the papers train from scratch (MTD) or fine-tune a clean model for many epochs with PGD
+#: (CWAT/RobustDet)
 PROTOCOLS = {
-    "finetune-1step": Protocol("MTD-1step, fine-tuned 2 epochs from STD", steps=1, epochs=2),
     "scratch-1step": Protocol("MTD-1step, from scratch on the STD schedule", steps=1, epochs=None),
     "finetune-pgd3": Protocol("MTD-PGD3, fine-tuned 4 epochs from STD", steps=3, epochs=4),
 }
