@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: The generated dataset always uses this seed: the training seed varies, the data do not.
 DATA_SEED = 0
+#: Seed of the permutation that picks a training subset (:meth:`Experiment.train_subset`).
+SUBSET_SEED = 0
 #: Keep decoded images in memory when a split is smaller than this many bytes.
 CACHE_BYTES = 3 * 2**30
 
@@ -202,17 +204,39 @@ class Experiment:
         return build_ssd(backbone or self.profile.backbone, self.num_classes, self.profile.image_size,
                          pretrained_backbone=self.profile.pretrained_backbone).to(self.device)
 
-    def model_spec(self, recipe: Recipe, cfg: TrainConfig, backbone: str, seed: int, parent: str | None) -> dict:
+    def model_spec(self, recipe: Recipe, cfg: TrainConfig, backbone: str, seed: int, parent: str | None,
+                   train_images: int | None = None) -> dict:
         """Everything that determines a trained model (its cache key): recipe, schedule, backbone,
-        input size, seed, parent model, classes and the training data's identity."""
-        return {"recipe": recipe.spec(), "train": cfg.to_dict(), "backbone": backbone,
+        input size, seed, parent model, classes and the training data's identity (and the size of
+        the training subset, only when one is used, so that whole-split keys never change)."""
+        spec = {"recipe": recipe.spec(), "train": cfg.to_dict(), "backbone": backbone,
                 "image_size": self.profile.image_size, "pretrained_backbone": self.profile.pretrained_backbone,
                 "seed": seed, "parent": parent, "num_classes": self.num_classes,
                 "dataset": self.train_set.identity()}
+        if train_images is not None:
+            spec["train_subset"] = {"images": int(train_images), "rule": f"randperm(seed {SUBSET_SEED}), first n"}
+        return spec
+
+    def train_subset(self, n: int | None):
+        """The training split, or a fixed subset of ``n`` of its images: the first ``n`` of a
+        permutation drawn with :data:`SUBSET_SEED` (the same for every model and seed, so models
+        trained on a subset differ only in what they set out to compare), in split order.
+
+        Raises:
+            ValueError: ``n`` < 1 or larger than the split (naming both).
+        """
+        if n is None:
+            return self.train_set
+        total = len(self.train_set)
+        if not 1 <= n <= total:
+            raise ValueError(f"train_images={n} must be between 1 and the {total} images of split "
+                             f"{self.train_set.split!r}")
+        perm = torch.randperm(total, generator=torch.Generator().manual_seed(SUBSET_SEED))
+        return torch.utils.data.Subset(self.train_set, sorted(perm[:n].tolist()))
 
     def trained(self, recipe: Recipe | str = "std", backbone: str | None = None, seed: int | None = None,
                 parent: Recipe | str | None = None, cfg: TrainConfig | None = None,
-                parent_cfg: TrainConfig | None = None) -> TrainedModel:
+                parent_cfg: TrainConfig | None = None, train_images: int | None = None) -> TrainedModel:
         """A trained detector from the model cache (trained and cached if missing) with its metadata.
 
         Args:
@@ -224,13 +248,19 @@ class Experiment:
                 ``None`` trains from scratch.
             cfg: schedule (default: the profile's STD schedule, or its fine-tuning schedule).
             parent_cfg: the parent's schedule (default: the profile's STD schedule).
+            train_images: train on a fixed subset of this many training images
+                (:meth:`train_subset`; ``None`` or the split's size: the whole split). The parent
+                keeps its own (whole-split) training.
         """
         recipe = make_recipe(recipe) if isinstance(recipe, str) else recipe
         backbone = backbone or self.profile.backbone
         seed = self.seed if seed is None else seed
         parent_tm = None if parent is None else self.trained(parent, backbone, seed, cfg=parent_cfg)
         cfg = cfg or TrainConfig.from_profile(self.profile, seed=seed, finetune=parent is not None)
-        spec = self.model_spec(recipe, cfg, backbone, seed, None if parent_tm is None else parent_tm.key)
+        if train_images == len(self.train_set):
+            train_images = None  # the whole split: the same model (and key) as without a subset
+        data = self.train_subset(train_images)
+        spec = self.model_spec(recipe, cfg, backbone, seed, None if parent_tm is None else parent_tm.key, train_images)
 
         def build() -> SSDDetector:
             m = self.build(backbone, seed)
@@ -240,7 +270,7 @@ class Experiment:
 
         def fit(m: SSDDetector, ckpt_dir) -> dict:
             t0 = time.perf_counter()
-            hist = train(m, self.train_set, recipe, cfg, self.device, ckpt_dir, self.progress,
+            hist = train(m, data, recipe, cfg, self.device, ckpt_dir, self.progress,
                          desc=f"train {recipe.name} ({backbone}, seed {seed})")
             return {"history": hist, "train_seconds": time.perf_counter() - t0}
 

@@ -21,7 +21,7 @@
 #
 # **Eq. 12, the reading implemented.** `n_c` is defined as "the number of the matched default boxes in the class c" while the prose normalises "each class loss using the number of objects for the class". We read it as objects: an object's loss is the mean over its positive anchors (clipped at β_o), a class's loss the mean over its objects, the image's loss the mean over its classes; with the anchors reading a large object would outweigh the small objects of its own class, the very domination eq. 12 removes. Negative anchors (Appendix C) belong to no object or class, so the attack loss uses positives only; the training loss keeps SSD's 3:1 hard negatives.
 #
-# **Budget.** The TOAT/OWAT/CWAT training attack uses `cwat_budget.train_steps` PGD steps (the paper: 10); a model trained with fewer carries it in its name (`CWAT-1step`, `OWAT-PGD3`), and the claims are evaluated on these models in place of the paper's (printed above the scorecard). Every cell records its attack spec; every number is kept in the result cache, so a re-run only re-draws the figures.
+# **Budget.** The TOAT/OWAT/CWAT training attack uses `cwat_budget.train_steps` PGD steps (the paper: 10); a model trained with fewer carries it in its name (`CWAT-1step`, `OWAT-PGD3`), and the claims are evaluated on these models in place of the paper's (printed above the scorecard). To fit the default profile's hour on 2 CPU cores, every model of this notebook fine-tunes on a fixed subset of `cwat_budget.train_images` training images (the same images for every recipe and seed; STD, CLS-1step and LOC-1step keep notebook 01's whole-split training); the line "Budget: …" printed beside each table says what was reduced. Every cell records its attack spec; every number is kept in the result cache, so a re-run only re-draws the figures.
 
 # %% tags=["parameters"]
 import os
@@ -65,8 +65,10 @@ ft = exp.finetune_config(cb.epochs)
 ft_fast = exp.finetune_config(cb.epochs // cb.replays)
 ft01 = exp.finetune_config(budget.recipe_epochs)  # notebook 01's CLS/LOC schedule
 print(budget, cb, sep="\n")
+note = cwat.reductions(exp, cb, tab_x.shape[0])
 print(f"PGD recipes: {k_train}-step training attack, {ft.epochs} epochs at lr {ft.lr}; fast recipes: "
       f"{ft_fast.epochs} epoch(s) × m = {cb.replays} replays; tables on {tab_x.shape[0]} test images")
+print(note)
 
 # %% [markdown]
 # ## Fig. 4: objects and classes per image
@@ -111,6 +113,7 @@ t1_attacks = {"clean": None, "FGSM A_cls": fgsm("cls", seed=seed), "FGSM A_reg":
 print({k: v.label() for k, v in t1_attacks.items() if v is not None})
 t1 = robustness_table(models, t1_attacks, tab_x, tab_t, exp.classes, data_id=exp.data_id)
 table1 = t1.frame
+print(note)
 display(table1.round(3))
 display(cwat.TABLE1.frame().rename_axis(cwat.TABLE1.label).round(3))
 fig, ax = plt.subplots(figsize=(10, 3))
@@ -129,6 +132,7 @@ t3_models = {m: models[m] for m in ("STD", "MTD-fast", N["owat"], N["cwat"])}
 t3 = robustness_table(t3_models, t3_attacks, tab_x, tab_t, exp.classes, data_id=exp.data_id)
 per_class = pd.concat({m: pd.concat({a: t3.per_class(a)[m] for a in t3_attacks}, axis=1) for m in t3_models}, axis=1)
 per_class.loc["mAP"] = [t3.get(m, a) for m, a in per_class.columns]
+print(note)
 display(per_class.round(3))
 display(cwat.table3_frame().rename_axis(cwat.TABLE3.label).round(3))
 cwa_pc = t3.per_class("CWA")
@@ -157,6 +161,7 @@ table5 = t5.frame
 table5["mean adversarial"] = cwat.mean_adversarial(table5)
 paper5 = cwat.TABLE5.frame()
 paper5["mean adversarial"] = cwat.mean_adversarial(paper5)
+print(note)
 display(table5.round(3))
 display(paper5.rename_axis(cwat.TABLE5.label).round(3))
 
@@ -233,6 +238,7 @@ for s in cb.seeds:
     tb = robustness_table(ms, t1_attacks, tab_x, tab_t, exp.classes, progress=False, data_id=exp.data_id)
     seed_rows += [{"seed": s, "model": c.model, "attack": c.attack, "map": c.map, "spec": c.spec} for c in tb.cells]
 seed_df = mean_std_table(seed_rows)
+print(note, "| every seed fine-tunes on the same training subset from the STD model of its seed")
 display(seed_df)
 
 # %% [markdown]

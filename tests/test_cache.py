@@ -269,3 +269,28 @@ def test_rounding_keeps_a_projected_image_in_the_eps_ball():
     eps = 8.6 / 255
     r = round_8bit(project(x + sign * eps, x, eps))
     assert (r - x).abs().max() <= eps + 0.5 / 255 + 1e-6
+
+
+def test_training_subset_is_fixed_in_the_key_and_trained_on(tiny_voc, tmp_path):
+    """A subset model has its own key (whole-split keys unchanged), the subset is the same for
+    every seed and call, and training sees exactly its images (iterations per epoch by hand)."""
+    from advlib.experiment import Experiment
+    from advlib.train import StandardRecipe, TrainConfig
+
+    exp = Experiment(profile="smoke", data_root=tiny_voc, device="cpu", zoo_root=tmp_path, progress=False)
+    n_split = len(exp.train_set)  # 24
+    whole = spec_key(exp.model_spec(StandardRecipe(), TrainConfig(epochs=1), "tiny_vgg", 0, None))
+    sub = spec_key(exp.model_spec(StandardRecipe(), TrainConfig(epochs=1), "tiny_vgg", 0, None, 10))
+    assert sub != whole
+    a, b = exp.train_subset(10), exp.train_subset(10)
+    assert list(a.indices) == list(b.indices) and len(set(a.indices)) == 10
+    assert all(0 <= i < n_split for i in a.indices) and list(a.indices) == sorted(a.indices)
+    assert exp.train_subset(None) is exp.train_set
+    with pytest.raises(ValueError, match=f"train_images=25 .* {n_split} images"):
+        exp.train_subset(25)
+    cfg = TrainConfig(epochs=1, batch_size=4, augment=False)
+    tm = exp.trained("std", cfg=cfg, train_images=10)
+    assert tm.meta["spec"]["train_subset"]["images"] == 10
+    assert sum(h["iterations"] for h in tm.meta["history"]) == 10 // 4  # full batches of the 10 images (not 24 // 4)
+    full = exp.trained("std", cfg=cfg, train_images=n_split)  # the whole split: the whole-split model
+    assert "train_subset" not in full.meta["spec"] and full.key != tm.key

@@ -4,6 +4,7 @@ attack gradient (recomputed here), the passes counted match what an independent 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -204,6 +205,8 @@ def test_cwat_model_helpers_by_hand():
     calls = []
 
     class FakeExp:
+        train_set, test_set = range(30), range(12)
+
         def finetune_config(self, epochs, seed=None):
             return ("ft", epochs, seed)
 
@@ -212,5 +215,13 @@ def test_cwat_model_helpers_by_hand():
 
     cwat.trained(FakeExp(), cb, "cwat", seed=2)
     cwat.trained(FakeExp(), cb, "cwat-fast")
-    assert calls[0] == (make_recipe("cwat", steps=1).spec(), {"parent": "std", "seed": 2, "cfg": ("ft", 4, 2)})
-    assert calls[1] == (make_recipe("cwat-fast", replays=4).spec(), {"parent": "std", "seed": None, "cfg": ("ft", 1, None)})
+    sub = dataclasses.replace(cb, train_images=20)
+    cwat.trained(FakeExp(), sub, "owat")
+    cwat.trained(FakeExp(), dataclasses.replace(cb, train_images=100), "owat")  # clamped to the split's 30
+    kw = {"parent": "std", "seed": None, "train_images": None}
+    assert calls[0] == (make_recipe("cwat", steps=1).spec(), dict(kw, seed=2, cfg=("ft", 4, 2)))
+    assert calls[1] == (make_recipe("cwat-fast", replays=4).spec(), dict(kw, cfg=("ft", 1, None)))
+    assert calls[2][1]["train_images"] == 20 and calls[3][1]["train_images"] == 30
+    assert cwat.reductions(FakeExp(), sub, 8) == ("Budget: training attack 1 PGD step(s) (paper: 10); fine-tuned 4 "
+                                                  "epochs (fast: 1 × m = 4 replays) on 20 of 30 training images (a "
+                                                  "fixed subset); evaluated on 8 of 12 test images")

@@ -114,6 +114,8 @@ class CWATBudget:
         seeds: seeds of the OWAT/CWAT seed study.
         cost_images, cost_epochs: the training-cost run (every recipe timed in one run on this
             many training images for this many epochs of the PGD schedule, E/m for fast ones).
+        train_images: every notebook-02 model fine-tunes on this fixed subset of the training
+            split (:meth:`advlib.experiment.Experiment.train_subset`); ``None``: the whole split.
     """
 
     train_steps: int
@@ -123,12 +125,13 @@ class CWATBudget:
     cost_images: int
     cost_epochs: int
     replays: int = FAST_REPLAYS
+    train_images: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs % self.replays or self.cost_epochs % self.replays:
             raise ValueError(f"epochs ({self.epochs}) and cost_epochs ({self.cost_epochs}) must be multiples of "
                              f"replays m = {self.replays}, so that E/m is a whole number of passes")
-        if self.train_steps < 1 or self.cost_images < 1 or not self.seeds:
+        if self.train_steps < 1 or self.cost_images < 1 or not self.seeds or (self.train_images or 1) < 1:
             raise ValueError(f"invalid CWAT budget {self}")
 
 
@@ -137,8 +140,10 @@ BUDGETS = {
     # CI plumbing in a minute: one epoch, no replay (m = 1 keeps E/m whole), TOAT-inf only, one seed
     "smoke": CWATBudget(train_steps=1, epochs=1, ablation=((_INF, _INF),), seeds=(0,), cost_images=32, cost_epochs=1,
                         replays=1),
+    # 60 minutes on 2 CPU cores: 13 one-step PGD fine-tunes and 2 fast ones, each on 1024 of the
+    # 3000 training images (32 iterations per epoch), then every table on the 72 table images
     "default": CWATBudget(train_steps=1, epochs=4, ablation=((_INF, _INF), (2, 2), (4, 4), (8, 8), (2, 4), (4, 2)),
-                          seeds=(0, 1, 2), cost_images=128, cost_epochs=4),
+                          seeds=(0, 1, 2), cost_images=128, cost_epochs=4, train_images=1024),
     "voc": CWATBudget(train_steps=10, epochs=24, ablation=((_INF, _INF), (2, 2), (4, 4), (8, 8), (2, 4), (4, 2),
                                                            (2, 6), (6, 2)), seeds=(0,), cost_images=2048,
                       cost_epochs=4),
@@ -154,11 +159,25 @@ def trained(exp, cb: CWATBudget, recipe: str, seed: int | None = None, **betas):
     """A CWAT-notebook model from the cache (trained if missing), fine-tuned from the STD model of
     the same seed: PGD recipes (``toat``/``owat``/``cwat``) with ``cb.train_steps`` steps for
     ``cb.epochs`` epochs, fast ones (``cwat-fast``/``mtd-fast``) for ``cb.epochs / cb.replays``
-    epochs of ``cb.replays`` replays. Returns a :class:`~advlib.experiment.TrainedModel`."""
+    epochs of ``cb.replays`` replays, on ``cb.train_images`` training images (at most the split).
+    Returns a :class:`~advlib.experiment.TrainedModel`."""
     fast = recipe in ("cwat-fast", "mtd-fast")
     r = RECIPES.build(recipe, replays=cb.replays) if fast else RECIPES.build(recipe, steps=cb.train_steps, **betas)
     epochs = cb.epochs // cb.replays if fast else cb.epochs
-    return exp.trained(r, parent="std", seed=seed, cfg=exp.finetune_config(epochs, seed=seed))
+    n = None if cb.train_images is None else min(cb.train_images, len(exp.train_set))  # user data may be smaller
+    return exp.trained(r, parent="std", seed=seed, cfg=exp.finetune_config(epochs, seed=seed), train_images=n)
+
+
+def reductions(exp, cb: CWATBudget, table_images: int) -> str:
+    """What this budget changes from the paper's training and evaluation, in one line, printed
+    beside every table it affects."""
+    n_train = len(exp.train_set)
+    used = n_train if cb.train_images is None else min(cb.train_images, n_train)
+    parts = [f"training attack {cb.train_steps} PGD step(s) (paper: 10)" if cb.train_steps != 10 else None,
+             f"fine-tuned {cb.epochs} epochs (fast: {cb.epochs // cb.replays} × m = {cb.replays} replays) on "
+             f"{used} of {n_train} training images" + (" (a fixed subset)" if used < n_train else ""),
+             f"evaluated on {table_images} of {len(exp.test_set)} test images"]
+    return "Budget: " + "; ".join(p for p in parts if p)
 
 
 def paper_names(cb: CWATBudget) -> dict[str, str]:
@@ -307,6 +326,6 @@ def cached_ap_by_classes(exp, model, images: Tensor, targets: list[dict], spec: 
 
 
 __all__ = ["BUDGETS", "BETA", "CWATBudget", "EPS", "ap_by_classes_in_image", "budget", "cached_ap_by_classes",
-           "cached_training_cost", "paper_names", "speedups", "trained", "classes_per_image",
+           "cached_training_cost", "paper_names", "reductions", "speedups", "trained", "classes_per_image",
            "clip_rates", "cwat_fast_recipe", "cwat_recipe", "model_name", "mtd_fast_recipe", "owat_recipe", "toat_name",
            "toat_recipe", "training_cost", *_claims_all]
