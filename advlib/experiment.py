@@ -266,7 +266,8 @@ class Experiment:
             m = self.build(backbone, seed)
             if parent_tm is not None:
                 m.load_state_dict(parent_tm.model.state_dict())
-            return m
+            prepare = getattr(recipe, "prepare_model", None)  # a recipe that trains another architecture
+            return m if prepare is None else prepare(m).to(self.device)
 
         def fit(m: SSDDetector, ckpt_dir) -> dict:
             t0 = time.perf_counter()

@@ -99,8 +99,10 @@ class Recipe(Protocol):
     """Turns a batch into a training loss. ``spec()`` is part of the model-cache key.
 
     Optional: ``replays`` (int, default 1: each minibatch is trained on that many times in a row,
-    free adversarial training), and ``state_dict()`` / ``load_state_dict()`` for state the recipe
-    carries across batches (saved in the checkpoint).
+    free adversarial training), ``state_dict()`` / ``load_state_dict()`` for state the recipe
+    carries across batches (saved in the checkpoint), and ``prepare_model(model) -> model`` for a
+    recipe that trains another architecture built from the parent (RobustDet's; the model cache
+    applies it before loading or training).
     """
 
     name: str

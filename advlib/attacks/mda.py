@@ -53,24 +53,35 @@ class MDAObjective(Objective):
                                                          snapshots, generators, matched)
                             for task in ("cls", "loc"))
         if snapshots is not None:
-            return {k: _pick_larger_loss(model, matched, x_cls[k], x_loc[k]) for k in x_cls}
-        return _pick_larger_loss(model, matched, x_cls, x_loc)
+            return {k: pick_larger_loss(model, matched, x_cls[k], x_loc[k]) for k in x_cls}
+        return pick_larger_loss(model, matched, x_cls, x_loc)
 
 
 def _two_domain_step(model, images: Tensor, matched: Matched, spec: AttackSpec, generators) -> tuple[Tensor, Tensor]:
     """One signed step in each task domain from a shared start: one forward, two input gradients."""
     x = images.detach()
+    gens = generators if generators is not None else (image_generators(x, spec.seed) if spec.random_start else [])
+    with torch.no_grad():
+        x0 = start_point(x, spec, gens)
+    return two_domain_step(model, x0, x, matched, spec.step_size, spec.eps)
+
+
+def two_domain_step(model, x_adv: Tensor, origin: Tensor, matched: Matched, step_size: float,
+                    eps: float) -> tuple[Tensor, Tensor]:
+    """One signed step in each task domain from the iterate ``x_adv`` (one forward pass, two input
+    gradients, in eval mode), each projected onto the ε-ball around ``origin`` and ``[0, 1]``.
+
+    Returns:
+        ``(x_cls, x_loc)``, each ``[B, 3, H, W]``; :func:`pick_larger_loss` chooses between them.
+    """
     with eval_mode(model):
-        gens = generators if generators is not None else (image_generators(x, spec.seed) if spec.random_start else [])
-        with torch.no_grad():
-            x0 = start_point(x, spec, gens)
-        g_cls, g_loc = task_input_gradients(model, x0, matched)
-        with torch.no_grad():
-            return (project(x0 + spec.step_size * g_cls.sign(), x, spec.eps),
-                    project(x0 + spec.step_size * g_loc.sign(), x, spec.eps))
+        g_cls, g_loc = task_input_gradients(model, x_adv, matched)
+    with torch.no_grad():
+        return (project(x_adv + step_size * g_cls.sign(), origin, eps),
+                project(x_adv + step_size * g_loc.sign(), origin, eps))
 
 
-def _pick_larger_loss(model, matched: Matched, x_a: Tensor, x_b: Tensor) -> Tensor:
+def pick_larger_loss(model, matched: Matched, x_a: Tensor, x_b: Tensor) -> Tensor:
     """Per image, the example with the larger multibox loss (MTD Algorithm 1, line 6)."""
     with eval_mode(model), torch.no_grad():
         l_a = ssd_loss(multibox_terms(model(x_a), matched))
@@ -78,4 +89,4 @@ def _pick_larger_loss(model, matched: Matched, x_a: Tensor, x_b: Tensor) -> Tens
     return torch.where((l_a >= l_b).view(-1, 1, 1, 1), x_a, x_b)
 
 
-__all__ = ["MDAObjective", "task_input_gradients"]
+__all__ = ["MDAObjective", "pick_larger_loss", "task_input_gradients", "two_domain_step"]
