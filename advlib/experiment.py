@@ -236,7 +236,8 @@ class Experiment:
 
     def trained(self, recipe: Recipe | str = "std", backbone: str | None = None, seed: int | None = None,
                 parent: Recipe | str | None = None, cfg: TrainConfig | None = None,
-                parent_cfg: TrainConfig | None = None, train_images: int | None = None) -> TrainedModel:
+                parent_cfg: TrainConfig | None = None, train_images: int | None = None,
+                cached_only: bool = False) -> TrainedModel | None:
         """A trained detector from the model cache (trained and cached if missing) with its metadata.
 
         Args:
@@ -251,16 +252,23 @@ class Experiment:
             train_images: train on a fixed subset of this many training images
                 (:meth:`train_subset`; ``None`` or the split's size: the whole split). The parent
                 keeps its own (whole-split) training.
+            cached_only: return ``None`` instead of training when the model is not in the cache
+                (e.g. a comparison row another notebook's budget trains).
         """
         recipe = make_recipe(recipe) if isinstance(recipe, str) else recipe
         backbone = backbone or self.profile.backbone
         seed = self.seed if seed is None else seed
-        parent_tm = None if parent is None else self.trained(parent, backbone, seed, cfg=parent_cfg)
+        parent_tm = None if parent is None else self.trained(parent, backbone, seed, cfg=parent_cfg,
+                                                              cached_only=cached_only)
+        if parent is not None and parent_tm is None:
+            return None
         cfg = cfg or TrainConfig.from_profile(self.profile, seed=seed, finetune=parent is not None)
         if train_images == len(self.train_set):
             train_images = None  # the whole split: the same model (and key) as without a subset
         data = self.train_subset(train_images)
         spec = self.model_spec(recipe, cfg, backbone, seed, None if parent_tm is None else parent_tm.key, train_images)
+        if cached_only and not self.zoo.has(spec):
+            return None
 
         def build() -> SSDDetector:
             m = self.build(backbone, seed)

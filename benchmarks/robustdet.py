@@ -128,6 +128,46 @@ def aaconv_overhead(
     }
 
 
+def model_step_overhead(exp, batch: int = 32, repeats: int = 5) -> dict:
+    """One training step (multibox loss forward + backward + optimiser step on the same clean
+    batch) of the SSD against the RobustDet model built from it (K = 4, discriminator included),
+    and one full RobustDet update (its recipe: an MTD-style attack step on a half-batch, the clean,
+    adversarial and third groups, the triplet loss), timed in one run. Target: the model's step at
+    most 3x the SSD's."""
+    import copy
+
+    from advlib.data import collate
+    from advlib.papers.robustdet import RobustDetRecipe
+    from advlib.train import StandardRecipe, TrainConfig, make_optimizer
+    from advlib.utils import targets_to
+
+    images, targets = collate([exp.train_set[i] for i in range(batch)])
+    images, targets = images.to(exp.device), targets_to(exp.device, targets)
+    ssd = exp.build()
+    rd_recipe = RobustDetRecipe()
+    robust = rd_recipe.prepare_model(copy.deepcopy(ssd)).to(exp.device)
+    std = StandardRecipe()
+
+    def stepper(model, loss_fn):
+        opt = make_optimizer(model, TrainConfig())
+
+        def step():
+            model.train()
+            loss = loss_fn(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    half = batch // 2
+    t_ssd = _median_seconds(stepper(ssd, lambda m: std(m, images, targets)), repeats)
+    t_rd = _median_seconds(stepper(robust, lambda m: std(m, images, targets)), repeats)
+    t_upd = _median_seconds(stepper(robust, lambda m: rd_recipe(m, images[:half], targets[:half])), repeats)
+    return {"robustdet_batch": batch, "ssd_step_s": t_ssd, "robustdet_model_step_s": t_rd,
+            "robustdet_model_step_ratio": t_rd / t_ssd, "robustdet_update_s": t_upd,
+            "robustdet_update_ratio": t_upd / t_ssd}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)

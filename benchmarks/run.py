@@ -128,6 +128,7 @@ def main(argv=None) -> dict:
         "eval_images": n_eval, "eval_s_per_image": t_eval / n_eval, "eval_images_per_s": n_eval / t_eval,
     }
     res.update(fast_training_speedup(exp, args.cost_images, args.cost_epochs))
+    res.update(robustdet_overheads(exp, args.repeats))
     for k, v in res.items():
         if isinstance(v, float):
             print(f"{k:32s} {v:.4f}")
@@ -157,6 +158,16 @@ def fast_training_speedup(exp, n_images: int, epochs: int) -> dict:
             "cwat_fast_speedup_schedule": speed["schedule_speedup"],
             "passes_per_iter": {k: [float(t.loc[k, "forward_per_iter"]), float(t.loc[k, "backward_per_iter"])]
                                 for k in recipes}}
+
+
+def robustdet_overheads(exp, repeats: int) -> dict:
+    """AAConv2d against the plain convolutions (batch 16, every conv shape of the default model)
+    and the RobustDet model's training step against the SSD's, measured in this run."""
+    from benchmarks.robustdet import aaconv_overhead, model_step_overhead
+
+    aa = aaconv_overhead(batch=16, repeats=max(repeats, 5), image_size=exp.profile.image_size)
+    return {"aaconv_over_conv": aa["ratio"], "aaconv_by_impl": {k: v["ratio"] for k, v in aa["by_impl"].items()},
+            **model_step_overhead(exp, repeats=repeats)}
 
 
 if __name__ == "__main__":

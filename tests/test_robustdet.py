@@ -125,3 +125,39 @@ def test_resume_restores_the_attack_state(tiny_train, tmp_path):
     resumed, rec_b = run("b")
     assert torch.equal(rec_ref.state["adv"], rec_b.state["adv"]) and rec_ref.state["t"] == rec_b.state["t"]
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_beyond_the_paper_attacks_differentiate_through_what_they_say(tiny_train):
+    from advlib.attacks import pgd
+    from advlib.attacks.objectives import OBJECTIVES
+    from advlib.losses import cls_loss
+
+    model = RobustDetector(make_model(seed=0), K=4).eval()
+    images, targets = collate([tiny_train[i] for i in range(3)])
+    matched = match_anchors(model.anchors, targets, model.box_coder)
+    fixed = OBJECTIVES.build("fixed-mixing", reducer="cls")
+    st = fixed.prepare(model, images, targets)
+    with torch.no_grad():
+        assert torch.allclose(st.pi_clean, model.aid(images))
+    x = (images + 0.01).clamp(0, 1).requires_grad_(True)
+    fixed.loss(model, x, st).sum().backward()
+    assert all(p.grad is None for p in model.aid.parameters())  # the discriminator is not in the graph
+    ev = OBJECTIVES.build("aid-evasion", reducer="cls", weight=5.0)
+    st = ev.prepare(model, images, targets)
+    with torch.no_grad():
+        got = ev.loss(model, x, st)
+        pi = model.aid(x)
+        want = cls_loss(multibox_terms(model(x), matched)) - 5.0 * ((pi - st.pi_clean) ** 2).sum(1)
+    assert torch.allclose(got, want, atol=1e-5)
+    from advlib.attacks import attack
+    out = attack(model, images, targets, pgd("aid-evasion", steps=2, reducer="cls"))
+    assert (out - images).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_budgets_and_variants():
+    with pytest.raises(ValueError, match="invalid RobustDet budget"):
+        robustdet.RobustDetBudget(train_images=None, epochs=0)
+    with pytest.raises(ValueError, match="unknown RobustDet variant"):
+        robustdet.trained(None, robustdet.budget("default"), "RobustDet-XL")
+    assert robustdet.budget("coco") == robustdet.BUDGETS["default"]
+    assert set(robustdet.VARIANTS) == {"RobustDet", "RobustDet*", "RobustDet w/o L_aid", "RobustDet* w/o L_re"}

@@ -64,12 +64,14 @@ class Protocol:
     steps: int
     epochs: int | None
 
-    def train(self, exp, recipe: str = "mtd", seed: int | None = None):
-        """The model this protocol trains (a :class:`~advlib.experiment.TrainedModel`, cached)."""
+    def train(self, exp, recipe: str = "mtd", seed: int | None = None, cached_only: bool = False):
+        """The model this protocol trains (a :class:`~advlib.experiment.TrainedModel`, cached;
+        ``cached_only``: ``None`` when it is not in the cache)."""
         r = RECIPES.build(recipe, steps=self.steps)
         if self.epochs is None:
-            return exp.trained(r, seed=seed)
-        return exp.trained(r, parent="std", seed=seed, cfg=exp.finetune_config(self.epochs, seed=seed))
+            return exp.trained(r, seed=seed, cached_only=cached_only)
+        return exp.trained(r, parent="std", seed=seed, cfg=exp.finetune_config(self.epochs, seed=seed),
+                           cached_only=cached_only)
 
 
 def protocol_table(exp, protocols: Mapping[str, Protocol], attacks: Mapping, images: Tensor, targets: list[dict],

@@ -27,17 +27,24 @@ on squared L2 distances, averaged).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from advlib.attacks.mda import pick_larger_loss, two_domain_step
-from advlib.losses import match_anchors, multibox_terms, ssd_loss
+from advlib.attacks.objectives import OBJECTIVES, Objective, ground_truth_matching
+from advlib.losses import REDUCERS, Matched, match_anchors, multibox_terms, ssd_loss
+from advlib.registry import check_params
+from advlib.utils import eval_mode
 from advlib.models.aid import triplet_loss
 from advlib.models.cfr import OFFICIAL_RECON_WEIGHTS, cfr_losses
 from advlib.models.robustdet import RobustDetector
 from advlib.models.ssd import DenseOutput
 from advlib.recipes import RECIPES
-from advlib.results import Reported
+from advlib.papers.robustdet_claims import COLUMNS, TABLE1, TABLE2, TABLE3  # re-exported
 from advlib.utils import targets_to
 
 SOURCE = "RobustDet (Dong et al., ECCV 2022)"
@@ -161,33 +168,170 @@ def robustdet_cfr_recipe(**params) -> RobustDetRecipe:
     return RobustDetRecipe("robustdet-cfr", cfr=True, **params)
 
 
-# ------------------------------------------------------------------ reported numbers (percent)
-COLUMNS = ("clean", "A_cls", "A_loc", "CWA", "DAG")
+# ------------------------------------------------------------------ budgets and models
+@dataclass(frozen=True)
+class RobustDetBudget:
+    """Notebook 03's budget beyond the shared :class:`advlib.profiles.Budget`.
+
+    Attributes:
+        train_images: RobustDet fine-tunes on this fixed subset of the training split (``None``:
+            all of it; see :meth:`advlib.experiment.Experiment.train_subset`).
+        epochs: fine-tuning epochs over it (the official code: 40,000 updates on VOC07+12).
+        batch_size: the clean half-batch (the official code: 16 of its 32).
+        steps: the training attack's PGD steps (the official code: 20).
+        analysis_images: images per batch of the loss-change and entanglement analyses.
+        loss_change_steps, loss_change_lr: the SGD steps of the loss-change analysis.
+        official_steps: steps of the official evaluation attack (PGD, step ε, no random start).
+    """
+
+    train_images: int | None
+    epochs: int
+    batch_size: int = 16
+    steps: int = 20
+    analysis_images: int = 16
+    loss_change_steps: int = 1
+    loss_change_lr: float = 1e-3
+    official_steps: int = 20
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.steps < 1 or self.analysis_images < 2:
+            raise ValueError(f"invalid RobustDet budget {self}")
 
 
-def _rows(rows: dict) -> dict:
-    return {r: {c: v for c, v in zip(COLUMNS, vals, strict=True) if v is not None} for r, vals in rows.items()}
+BUDGETS = {
+    "smoke": RobustDetBudget(train_images=None, epochs=1, batch_size=8, steps=2, analysis_images=4,
+                             official_steps=2),
+    "default": RobustDetBudget(train_images=1024, epochs=2),
+    "voc": RobustDetBudget(train_images=None, epochs=24),
+}
 
 
-TABLE1 = Reported("RobustDet Table 1", "VOC07 test, SSD300 VGG16 (no BN), ε = 8, PGD-20 step ε", "VOC07", _rows({
-    "SSD": (77.5, 1.8, 4.5, 1.2, 4.9),
-    "SSD-AT(A_cls)": (46.7, 21.8, 32.2, None, 28.0),
-    "SSD-AT(A_loc)": (51.9, 23.7, 26.5, None, 17.2),
-    "MTD": (48.0, 29.1, 31.9, 18.2, 28.5),
-    "CWAT(PGD-10)": (51.3, 22.4, 36.7, 19.9, 50.3),
-    "RobustDet": (75.4, 41.5, 45.2, 42.4, 52.0),
-    "RobustDet*": (74.8, 45.9, 49.1, 48.0, 56.6)}), scale=100)
-TABLE2 = Reported("RobustDet Table 2", "COCO 2017, SSD300 VGG16 (no BN), ε = 8", "COCO17", _rows({
-    "SSD": (42.0, 0.4, 1.8, 0.1, 8.1),
-    "MTD": (24.2, 13.0, 13.4, 7.7, None),
-    "CWAT(PGD-10)": (23.7, 14.2, 15.5, 9.2, None),
-    "RobustDet": (36.7, 20.6, 19.4, 20.5, 24.5),
-    "RobustDet*": (36.0, 20.0, 19.0, 19.9, 16.5)}), scale=100)
-TABLE3 = Reported("RobustDet Table 3", "VOC07 test, ablations", "VOC07", _rows({
-    "RobustDet w/o L_aid": (74.9, 37.3, 44.9, 37.9, 51.8),
-    "RobustDet* w/o L_re": (74.6, 27.5, 41.8, 28.6, 55.9),
-    "RobustDet": (75.4, 41.5, 45.2, 42.4, 52.0),
-    "RobustDet*": (74.8, 45.9, 49.1, 48.0, 56.6)}), scale=100)
+def budget(profile_name: str) -> RobustDetBudget:
+    """The RobustDet budget of a profile (the default profile's for a profile it does not name)."""
+    return BUDGETS.get(profile_name, BUDGETS["default"])
 
-__all__ = ["COLUMNS", "EPS", "RobustDetRecipe", "SOURCE", "TABLE1", "TABLE2", "TABLE3", "robustdet_cfr_recipe",
+
+#: row name -> recipe and its switches (Table 1's two configurations and Table 3's ablations)
+VARIANTS = {"RobustDet": ("robustdet", {}), "RobustDet*": ("robustdet-cfr", {}),
+            "RobustDet w/o L_aid": ("robustdet", {"aid_loss": False}),
+            "RobustDet* w/o L_re": ("robustdet-cfr", {"recon_loss": False})}
+
+
+def trained(exp, rb: RobustDetBudget, variant: str = "RobustDet", seed: int | None = None):
+    """A RobustDet variant (:data:`VARIANTS`) from the model cache (trained if missing), built from
+    and fine-tuned from the STD model of the same seed on ``rb.train_images`` training images for
+    ``rb.epochs`` epochs of ``rb.batch_size`` clean images (at most the split)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown RobustDet variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    name, switches = VARIANTS[variant]
+    recipe = RECIPES.build(name, steps=rb.steps, **switches)
+    cfg = dataclasses.replace(exp.finetune_config(rb.epochs, seed=seed), batch_size=rb.batch_size)
+    n = None if rb.train_images is None else min(rb.train_images, len(exp.train_set))
+    return exp.trained(recipe, parent="std", seed=seed, cfg=cfg, train_images=n)
+
+
+def reductions(exp, rb: RobustDetBudget, budget) -> str:
+    """What this budget changes from the paper's training and evaluation, in one line."""
+    n_train = len(exp.train_set)
+    used = n_train if rb.train_images is None else min(rb.train_images, n_train)
+    parts = [f"RobustDet fine-tuned {rb.epochs} epoch(s) of {rb.batch_size}-image clean half-batches on {used} of "
+             f"{n_train} training images" + (" (a fixed subset)" if used < n_train else "") + " (official: 40,000 updates)",
+             f"training attack PGD-{rb.steps}" + (" (official: 20)" if rb.steps != 20 else ""),
+             f"DAG {budget.dag_steps} signed steps (paper: 150)",
+             f"evaluated on {min(budget.table_images, len(exp.test_set))} of {len(exp.test_set)} test images"]
+    return "Budget: " + "; ".join(parts)
+
+
+def official_attack(task: str, steps: int = 20, eps: float = EPS):
+    """The official evaluation's PGD: ``steps`` signed steps of size ε from the clean image (no
+    random start) on the ``cls`` or ``loc`` loss."""
+    from advlib.attacks import pgd
+
+    return pgd(task, eps=eps, step_size=eps, steps=steps, random_start=False)
+
+
+def premise_table(exp, models, names, images: Tensor, targets: list[dict], scratch=None, recipe_epochs=None):
+    """The bottleneck premise: clean mAP of STD and of each adversarially trained model in
+    ``names``, their drop against STD in points, beside the paper's drops (Table 1); with
+    ``scratch`` (a :class:`advlib.papers.mtd.Protocol`) also its model when the cache has it.
+
+    Returns:
+        rows = models × ``clean``, ``drop (points)``, ``paper row``, ``paper drop (points)``.
+    """
+    import pandas as pd
+
+    from advlib.robustness import robustness_table
+
+    rows = {"STD": models["STD"], **{n: models[n] for n in names}}
+    if scratch is not None:
+        tm = scratch.train(exp, cached_only=True)
+        if tm is not None:
+            rows[scratch.label] = tm.model
+    clean = robustness_table(rows, {"clean": None}, images, targets, exp.classes, data_id=exp.data_id,
+                             progress=False).frame["clean"]
+    paper = TABLE1.frame()["clean"]
+    paper_row = {"STD": "SSD", "CLS-1step": "SSD-AT(A_cls)", "LOC-1step": "SSD-AT(A_loc)", "MTD-1step": "MTD",
+                 "CWAT-1step": "CWAT(PGD-10)", "CWAT": "CWAT(PGD-10)"}
+    if scratch is not None:
+        paper_row[scratch.label] = "MTD"
+    out = pd.DataFrame({"clean": clean, "drop (points)": (clean["STD"] - clean) * 100})
+    out["paper row"] = [paper_row.get(r, "") for r in out.index]
+    out["paper drop (points)"] = [(paper["SSD"] - paper[p]) * 100 if p else float("nan") for p in out["paper row"]]
+    return out
+
+
+# ------------------------------------------------------------ attacks beyond the paper
+@dataclass
+class MixingState:
+    matched: Matched
+    pi_clean: Tensor  # [B, K]: the discriminator's mixing weights on the clean images
+
+
+class _MixingObjective(Objective):
+    def __init__(self, reducer: str = "cls", **params) -> None:
+        if reducer not in REDUCERS:
+            raise ValueError(f"unknown reducer {reducer!r}; expected one of {sorted(REDUCERS)}")
+        check_params(REDUCERS[reducer], params, f"attack objective {self.name!r}")
+        self.reducer = functools.partial(REDUCERS[reducer], **params)
+
+    def prepare(self, model, images, targets, spec=None, matched=None) -> MixingState:
+        if not isinstance(model, RobustDetector):
+            raise ValueError(f"objective {self.name!r} attacks a RobustDetector, got {type(model).__name__}")
+        with eval_mode(model), torch.no_grad():
+            pi = model.aid(images)
+        return MixingState(ground_truth_matching(model, images, targets, matched, self.name), pi)
+
+
+@OBJECTIVES.register("fixed-mixing")
+class FixedMixingObjective(_MixingObjective):
+    """The detector loss ``reducer`` with the kernels mixed as for the clean image (π held at
+    D(x_clean), no gradient through the discriminator): attacks the clean kernels, and the
+    examples are then evaluated through the full model (the discriminator sees them)."""
+
+    name = "fixed-mixing"
+
+    def loss(self, model, x: Tensor, state: MixingState) -> Tensor:
+        return self.reducer(multibox_terms(model(x, mixing=state.pi_clean), state.matched))
+
+
+@OBJECTIVES.register("aid-evasion")
+class AIDEvasionObjective(_MixingObjective):
+    """Attack the detector through the discriminator and the kernel mixing while pulling the
+    discriminator's output toward the clean image's: ``reducer(x) − λ·‖D(x) − D(x_clean)‖²``
+    (per image; λ = ``weight``), so the adversarial image is processed by the clean kernels."""
+
+    name = "aid-evasion"
+
+    def __init__(self, reducer: str = "cls", weight: float = 10.0, **params) -> None:
+        super().__init__(reducer, **params)
+        self.weight = float(weight)
+
+    def loss(self, model, x: Tensor, state: MixingState) -> Tensor:
+        terms = multibox_terms(model(x), state.matched)
+        pull = (model.last_mixing - state.pi_clean).pow(2).sum(1)  # [B]
+        return self.reducer(terms) - self.weight * pull
+
+
+__all__ = ["AIDEvasionObjective", "BUDGETS", "COLUMNS", "EPS", "FixedMixingObjective", "RobustDetBudget",
+           "RobustDetRecipe", "VARIANTS", "budget", "official_attack", "premise_table", "reductions", "trained", "SOURCE", "TABLE1", "TABLE2", "TABLE3", "robustdet_cfr_recipe",
            "robustdet_recipe"]
