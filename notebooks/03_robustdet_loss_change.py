@@ -88,7 +88,7 @@ print(f"models ready in {time.perf_counter() - t0:.0f} s; training seconds when 
 
 # %%
 premise = robustdet.premise_table(exp, models, ["CLS-1step", "LOC-1step", "MTD-1step", N_CWAT], tab_x, tab_t,
-                                  scratch=mtd.PROTOCOLS["scratch-1step"], recipe_epochs=budget.recipe_epochs)
+                                  scratch=mtd.PROTOCOLS["scratch-1step"])
 display(premise.round(3))
 
 # %% [markdown]

@@ -199,7 +199,8 @@ class RobustDetBudget:
 
 
 BUDGETS = {
-    "smoke": RobustDetBudget(train_images=None, epochs=1, batch_size=8, steps=2, analysis_images=4,
+    # CI plumbing: 4 updates of 8 clean images per variant
+    "smoke": RobustDetBudget(train_images=32, epochs=1, batch_size=8, steps=2, analysis_images=4,
                              official_steps=2),
     "default": RobustDetBudget(train_images=1024, epochs=2),
     "voc": RobustDetBudget(train_images=None, epochs=24),
@@ -250,7 +251,7 @@ def official_attack(task: str, steps: int = 20, eps: float = EPS):
     return pgd(task, eps=eps, step_size=eps, steps=steps, random_start=False)
 
 
-def premise_table(exp, models, names, images: Tensor, targets: list[dict], scratch=None, recipe_epochs=None):
+def premise_table(exp, models, names, images: Tensor, targets: list[dict], scratch=None):
     """The bottleneck premise: clean mAP of STD and of each adversarially trained model in
     ``names``, their drop against STD in points, beside the paper's drops (Table 1); with
     ``scratch`` (a :class:`advlib.papers.mtd.Protocol`) also its model when the cache has it.
