@@ -68,10 +68,10 @@ class Protocol:
         """The model this protocol trains (a :class:`~advlib.experiment.TrainedModel`, cached;
         ``cached_only``: ``None`` when it is not in the cache)."""
         r = RECIPES.build(recipe, steps=self.steps)
+        only = {"cached_only": True} if cached_only else {}
         if self.epochs is None:
-            return exp.trained(r, seed=seed, cached_only=cached_only)
-        return exp.trained(r, parent="std", seed=seed, cfg=exp.finetune_config(self.epochs, seed=seed),
-                           cached_only=cached_only)
+            return exp.trained(r, seed=seed, **only)
+        return exp.trained(r, parent="std", seed=seed, cfg=exp.finetune_config(self.epochs, seed=seed), **only)
 
 
 def protocol_table(exp, protocols: Mapping[str, Protocol], attacks: Mapping, images: Tensor, targets: list[dict],
