@@ -81,14 +81,16 @@ class RobustDetector(nn.Module):
         if K < 1:
             raise ValueError(f"K must be >= 1, got {K}")
         fold_batchnorm(ssd)
-        to_aaconv(ssd, K)
+        #: the one holder every AAConv2d reads its per-image mixing weights from (a plain
+        #: attribute: not a module, not in the state dict; deepcopy keeps it shared)
+        self.mixing: KernelMixing = to_aaconv(ssd, K)
         self.ssd, self.K, self.cfr = ssd, int(K), bool(cfr)
         self.aid = AID(K=K, width=aid_width)
         self.prob_conv: ProbConv2d | None = None
         self.decoder: CFRDecoder | None = None
         if cfr:
             parent, name = _last_conv_slot(first_map_module(ssd.backbone))
-            self.prob_conv = ProbConv2d.from_conv(getattr(parent, name))
+            self.prob_conv = ProbConv2d.from_conv(getattr(parent, name), keep_shared=[self.mixing])
             setattr(parent, name, self.prob_conv)
             with torch.no_grad(), eval_mode(ssd):
                 self.mixing.weights = torch.full((1, K), 1.0 / K)
@@ -98,19 +100,6 @@ class RobustDetector(nn.Module):
         self.mixing.weights = None
         self.last_mixing: Tensor | None = None
         self.last_cfr: tuple[Tensor, Tensor, Tensor] | None = None
-
-    # ------------------------------------------------------------------ the kernel mixing
-    @property
-    def mixing(self) -> KernelMixing:
-        """The one holder every AAConv2d reads its per-image mixing weights from (re-shared on
-        access, so that copies such as CFR's log-variance branch use the same one)."""
-        holder = self.__dict__.get("_mixing")
-        if holder is None:
-            holder = self.__dict__["_mixing"] = KernelMixing()
-        for m in self.ssd.modules():
-            if isinstance(m, AAConv2d):
-                m.mixing = holder
-        return holder
 
     def forward(self, images: Tensor, mixing: Tensor | None = None) -> DenseOutput:
         """Dense outputs for images in ``[0, 1]``, the kernels mixed per image by the
