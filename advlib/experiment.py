@@ -23,7 +23,7 @@ from torch import Tensor
 from advlib.data import build_dataset, collate, resolve_classes, resolve_splits, validate_images
 from advlib.data.synthetic import SyntheticConfig, generate_voc
 from advlib.evaluate import VOCResult
-from advlib.models import SSDDetector, build_ssd
+from advlib.models import SSDDetector, build_detector
 from advlib.profiles import RunParams, default_data_root, validate_params
 from advlib.recipes import make_recipe
 from advlib.paths import display_path
@@ -198,21 +198,25 @@ class Experiment:
         return json.dumps(self.test_set.identity(), sort_keys=True)
 
     # ---------------------------------------------------------------- models
-    def build(self, backbone: str | None = None, seed: int | None = None) -> SSDDetector:
-        """A freshly initialised detector (seeded, so the same call builds the same weights)."""
+    def build(self, backbone: str | None = None, seed: int | None = None, arch: str = "ssd"):
+        """A freshly initialised detector of family ``arch`` (``ssd``, ``retinanet``; see
+        :data:`advlib.models.ARCHITECTURES`), seeded so that the same call builds the same weights."""
         torch.manual_seed(self.seed if seed is None else seed)
-        return build_ssd(backbone or self.profile.backbone, self.num_classes, self.profile.image_size,
-                         pretrained_backbone=self.profile.pretrained_backbone).to(self.device)
+        return build_detector(arch, backbone or self.profile.backbone, self.num_classes, self.profile.image_size,
+                              pretrained_backbone=self.profile.pretrained_backbone).to(self.device)
 
     def model_spec(self, recipe: Recipe, cfg: TrainConfig, backbone: str, seed: int, parent: str | None,
-                   train_images: int | None = None) -> dict:
-        """Everything that determines a trained model (its cache key): recipe, schedule, backbone,
-        input size, seed, parent model, classes and the training data's identity (and the size of
-        the training subset, only when one is used, so that whole-split keys never change)."""
+                   train_images: int | None = None, arch: str = "ssd") -> dict:
+        """Everything that determines a trained model (its cache key): recipe, schedule, detector
+        family (only when not the SSD, so that SSD keys never change), backbone, input size, seed,
+        parent model, classes and the training data's identity (and the size of the training
+        subset, only when one is used, so that whole-split keys never change)."""
         spec = {"recipe": recipe.spec(), "train": cfg.to_dict(), "backbone": backbone,
                 "image_size": self.profile.image_size, "pretrained_backbone": self.profile.pretrained_backbone,
                 "seed": seed, "parent": parent, "num_classes": self.num_classes,
                 "dataset": self.train_set.identity()}
+        if arch != "ssd":
+            spec["arch"] = arch
         if train_images is not None:
             spec["train_subset"] = {"images": int(train_images), "rule": f"randperm(seed {SUBSET_SEED}), first n"}
         return spec
@@ -237,7 +241,7 @@ class Experiment:
     def trained(self, recipe: Recipe | str = "std", backbone: str | None = None, seed: int | None = None,
                 parent: Recipe | str | None = None, cfg: TrainConfig | None = None,
                 parent_cfg: TrainConfig | None = None, train_images: int | None = None,
-                cached_only: bool = False) -> TrainedModel | None:
+                cached_only: bool = False, arch: str = "ssd") -> TrainedModel | None:
         """A trained detector from the model cache (trained and cached if missing) with its metadata.
 
         Args:
@@ -254,24 +258,27 @@ class Experiment:
                 keeps its own (whole-split) training.
             cached_only: return ``None`` instead of training when the model is not in the cache
                 (e.g. a comparison row another notebook's budget trains).
+            arch: detector family (``ssd``, ``retinanet``; :data:`advlib.models.ARCHITECTURES`); the
+                parent is of the same family.
         """
         recipe = make_recipe(recipe) if isinstance(recipe, str) else recipe
         backbone = backbone or self.profile.backbone
         seed = self.seed if seed is None else seed
         parent_tm = None if parent is None else self.trained(parent, backbone, seed, cfg=parent_cfg,
-                                                              cached_only=cached_only)
+                                                              cached_only=cached_only, arch=arch)
         if parent is not None and parent_tm is None:
             return None
         cfg = cfg or TrainConfig.from_profile(self.profile, seed=seed, finetune=parent is not None)
         if train_images == len(self.train_set):
             train_images = None  # the whole split: the same model (and key) as without a subset
         data = self.train_subset(train_images)
-        spec = self.model_spec(recipe, cfg, backbone, seed, None if parent_tm is None else parent_tm.key, train_images)
+        spec = self.model_spec(recipe, cfg, backbone, seed, None if parent_tm is None else parent_tm.key, train_images,
+                               arch)
         if cached_only and not self.zoo.has(spec):
             return None
 
         def build() -> SSDDetector:
-            m = self.build(backbone, seed)
+            m = self.build(backbone, seed, arch)
             if parent_tm is not None:
                 m.load_state_dict(parent_tm.model.state_dict())
             prepare = getattr(recipe, "prepare_model", None)  # a recipe that trains another architecture
@@ -280,7 +287,7 @@ class Experiment:
         def fit(m: SSDDetector, ckpt_dir) -> dict:
             t0 = time.perf_counter()
             hist = train(m, data, recipe, cfg, self.device, ckpt_dir, self.progress,
-                         desc=f"train {recipe.name} ({backbone}, seed {seed})")
+                         desc=f"train {recipe.name} ({backbone if arch == 'ssd' else f'{arch}, {backbone}'}, seed {seed})")
             return {"history": hist, "train_seconds": time.perf_counter() - t0}
 
         model, meta = self.zoo.get(spec, build, fit)

@@ -145,8 +145,17 @@ def match_anchors(
     return Matched(labels, object_index, box_targets, gt_labels, valid.sum(1))
 
 
+def match_targets(model, targets: list[dict[str, Tensor]]) -> Matched:
+    """A batch's anchor matching by the model family's own rule: ``model.match(targets)`` when the
+    model defines one (RetinaNet: torchvision's ``Matcher``), else the SSD's :func:`match_anchors`."""
+    match = getattr(model, "match", None)
+    return match(targets) if callable(match) else match_anchors(model.anchors, targets, model.box_coder)
+
+
 def multibox_terms(output, matched: Matched, neg_pos_ratio: float = 3.0) -> Terms:
-    """Per-anchor SSD loss terms.
+    """Per-anchor loss terms of a dense detector's outputs: the SSD's (softmax cross-entropy,
+    smooth L1, 3:1 hard negatives), or RetinaNet's (:func:`focal_terms`) when the output says
+    ``family == "focal"``.
 
     Args:
         output: ``DenseOutput`` with ``cls_logits [B, A, C+1]`` and ``box_deltas [B, A, 4]``.
@@ -157,6 +166,8 @@ def multibox_terms(output, matched: Matched, neg_pos_ratio: float = 3.0) -> Term
         :class:`Terms`. Hard negatives are the non-positive anchors with the largest
         classification loss, ``neg_pos_ratio * N_pos`` of them per image (chosen without gradient).
     """
+    if getattr(output, "family", "softmax") == "focal":
+        return focal_terms(output, matched)
     logits, deltas = output.cls_logits, output.box_deltas
     b, a, k = logits.shape
     if matched.labels.shape != (b, a):
@@ -173,6 +184,31 @@ def multibox_terms(output, matched: Matched, neg_pos_ratio: float = 3.0) -> Term
         hard_neg &= ~pos
     return Terms(cls, loc, pos, hard_neg, matched.object_index, matched.labels,
                  matched.object_labels, num_pos.to(cls.dtype))
+
+
+def focal_terms(output, matched: Matched, alpha: float = 0.25, gamma: float = 2.0) -> Terms:
+    """Per-anchor RetinaNet loss terms, as torchvision's ``RetinaNetHead.compute_loss``.
+
+    ``cls``: sigmoid focal loss summed over the ``C+1`` logits against the one-hot target (all
+    zeros for background), 0 on ignored anchors (label ``-1``); ``loc``: L1 of the box offsets
+    summed over the 4 coordinates on positives. Every non-ignored negative counts (torchvision sums
+    the focal loss over all valid anchors), so it is marked ``hard_negative``: :func:`ssd_loss`
+    then equals torchvision's per-image ``classification + bbox_regression``.
+    """
+    from torchvision.ops import sigmoid_focal_loss
+
+    logits, deltas = output.cls_logits, output.box_deltas
+    b, a, k = logits.shape
+    if matched.labels.shape != (b, a):
+        raise ValueError(f"matched labels {tuple(matched.labels.shape)} do not fit outputs {(b, a)}")
+    valid = matched.labels >= 0
+    pos = matched.labels > 0
+    target = F.one_hot(matched.labels.clamp(min=0), k).to(logits.dtype)
+    target[..., 0] = 0.0  # background anchors have an all-zero target
+    cls = sigmoid_focal_loss(logits, target, alpha=alpha, gamma=gamma, reduction="none").sum(-1) * valid
+    loc = F.l1_loss(deltas, matched.box_targets, reduction="none").sum(-1) * pos
+    return Terms(cls, loc, pos, valid & ~pos, matched.object_index, matched.labels.clamp(min=0),
+                 matched.object_labels, pos.sum(1).to(cls.dtype))
 
 
 def _normaliser(terms: Terms) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from advlib.attacks import AttackSpec, attack
-from advlib.losses import REDUCERS, match_anchors, multibox_terms, ssd_loss
+from advlib.losses import REDUCERS, match_targets, multibox_terms, ssd_loss
 from advlib.registry import Registry
 from advlib.train import Recipe, StandardRecipe
 
@@ -43,7 +43,7 @@ class AdversarialRecipe:
         self.clean_weight = clean_weight
 
     def __call__(self, model, images: Tensor, targets: list[dict]) -> Tensor:
-        matched = match_anchors(model.anchors, targets, model.box_coder)
+        matched = match_targets(model, targets)
         adv = attack(model, images, targets, self.attack_spec, matched=matched)  # reuses this batch's matching
         model.train()
         loss = ssd_loss(multibox_terms(model(adv), matched)).mean()
@@ -104,7 +104,7 @@ class FreeAdversarialRecipe:
         if self.delta is None or tuple(self.delta.shape) != shape:
             self.delta = torch.zeros(shape, dtype=images.dtype, device=images.device)
         self.delta = self.delta.to(images.device)  # a checkpointed δ comes back on the CPU
-        matched = match_anchors(model.anchors, targets, model.box_coder)
+        matched = match_targets(model, targets)
         delta = self.delta.detach().requires_grad_(True)
         x = (images.unsqueeze(0) + delta).clamp(0.0, 1.0).flatten(0, 1)  # [k, B, 3, H, W] -> [k*B, 3, H, W]
         model.train()

@@ -34,7 +34,7 @@ from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
 from advlib.cache import atomic_torch_save
-from advlib.losses import REDUCERS, match_anchors, multibox_terms
+from advlib.losses import REDUCERS, match_targets, multibox_terms
 from advlib.passes import PassCounter
 from advlib.utils import targets_to
 
@@ -123,7 +123,7 @@ class StandardRecipe:
         self.reducer = reducer
 
     def __call__(self, model: nn.Module, images: Tensor, targets: list[dict]) -> Tensor:
-        matched = match_anchors(model.anchors, targets, model.box_coder)
+        matched = match_targets(model, targets)
         return REDUCERS[self.reducer](multibox_terms(model(images), matched)).mean()
 
     def spec(self) -> dict:

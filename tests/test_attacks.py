@@ -284,13 +284,13 @@ def test_anchor_matching_happens_once_per_attack(model, batch, monkeypatch):
     import advlib.attacks.objectives as objectives
 
     calls = []
-    real = objectives.match_anchors
+    real = objectives.match_targets
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(objectives, "match_anchors", counting)
+    monkeypatch.setattr(objectives, "match_targets", counting)
     x, targets = batch
     attack(model, x, targets, pgd("cwa", steps=5, beta=6.0))
     assert len(calls) == 1

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advlib.attacks.engine import AttackSpec, image_generators, run_attack
-from advlib.losses import REDUCERS, Matched, batched_box_iou, match_anchors, multibox_terms, pad_targets
+from advlib.losses import REDUCERS, Matched, batched_box_iou, match_targets, multibox_terms, pad_targets
 from advlib.registry import Registry, check_params
 
 #: objective name -> class (or factory) taking the spec's ``params`` as keyword arguments
@@ -77,7 +77,7 @@ def ground_truth_matching(model, images: Tensor, targets: list[dict] | None, mat
         return matched
     if targets is None or len(targets) != images.shape[0]:
         raise ValueError(f"objective {who!r} needs one ground-truth target per image")
-    return match_anchors(model.anchors, targets, model.box_coder)
+    return match_targets(model, targets)
 
 
 @dataclass

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from advlib.attacks import AttackSpec, attack, pgd
-from advlib.losses import cls_loss, loc_loss, match_anchors, multibox_terms, object_losses
+from advlib.losses import cls_loss, loc_loss, match_targets, multibox_terms, object_losses
 from advlib.recipes import RECIPES, AdversarialRecipe, FreeAdversarialRecipe
 from advlib.papers.cwat_claims import (  # the reported numbers and claims, re-exported
     ADV_COLUMNS, COLUMNS, FAST_REPLAYS, FAST_TOL, MATCH_TOL, PAPER_BACKWARDS, PAPER_SPEEDUP, SOURCE, TABLE1, TABLE2,
@@ -265,7 +265,7 @@ def clip_rates(model, images: Tensor, targets: list[dict], spec: AttackSpec | No
     with eval_mode(model):
         for i in range(0, images.shape[0], batch_size):
             x, t = images[i:i + batch_size].to(dev), targets_to(dev, targets[i:i + batch_size])
-            matched = match_anchors(model.anchors, t, model.box_coder)
+            matched = match_targets(model, t)
             if spec is not None:
                 x = attack(model, x, t, spec, matched=matched)
             with torch.no_grad():

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from advlib.attacks import AttackSpec, attack, fgsm, pgd, task_input_gradients
-from advlib.losses import batched_box_iou, match_anchors, pad_targets
+from advlib.losses import batched_box_iou, match_targets, pad_targets
 from advlib.recipes import RECIPES, AdversarialRecipe
 from advlib.results import Claim, Reported, check
 from advlib.robustness import adversarial_images
@@ -189,7 +189,7 @@ def candidate_anchor_metrics(model, images: Tensor, targets: list[dict], iou_thr
 def task_gradients(model, images: Tensor, targets: list[dict]) -> tuple[Tensor, Tensor]:
     """Fig. 3b: input gradients ``(g_cls, g_loc)`` of the two task losses, each ``[B, 3, H, W]``."""
     with eval_mode(model):
-        return task_input_gradients(model, images, match_anchors(model.anchors, targets, model.box_coder))
+        return task_input_gradients(model, images, match_targets(model, targets))
 
 
 def gradient_cosine(g_a: Tensor, g_b: Tensor) -> Tensor:
