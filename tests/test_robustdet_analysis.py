@@ -284,3 +284,71 @@ def test_figures_have_one_axis_per_panel():
     fig3 = rp.plot_gradient_entanglement({"SSD": frame, "RobustDet": frame})
     assert isinstance(fig3, matplotlib.figure.Figure) and len(fig3.axes) == 2
     plt.close("all")
+
+
+# ------------------------------------------------------ the loss-change calibration and AID discrimination
+def test_calibration_picks_the_smallest_lr_whose_hand_rolled_steps_lower_the_batch_loss_enough(tiny_train):
+    model = _model("ssd")
+    state = _state(model)
+    xa, ta = _batch(tiny_train, 0, 4)
+    lrs, steps = (1e-4, 1e-2, 1e-1), 2
+
+    def hand_fall(lr: float) -> float:  # m plain SGD steps on the batch's mean loss, by hand
+        ref = copy.deepcopy(model).eval()
+        ma = match_anchors(ref.anchors, ta, ref.box_coder)
+        with torch.no_grad():
+            before = ssd_loss(multibox_terms(ref(xa), ma)).mean()
+        for _ in range(steps):
+            ref.zero_grad()
+            ssd_loss(multibox_terms(ref(xa), ma)).mean().backward()
+            with torch.no_grad():
+                for p in ref.parameters():
+                    if p.grad is not None:
+                        p -= lr * p.grad
+        with torch.no_grad():
+            after = ssd_loss(multibox_terms(ref(xa), ma)).mean()
+        return float((before - after) / before)
+
+    falls = [hand_fall(lr) for lr in lrs]
+    assert falls[0] < falls[-1] and falls[-1] > 0  # the grid straddles the midpoint below
+    fall = (falls[0] + falls[-1]) / 2
+    want = next(lr for lr, f in zip(lrs, falls) if f >= fall)
+    chosen, table = ra.calibrate_loss_change(model, xa, ta, steps, lrs, fall)
+    assert chosen == want and _same_state(model, state)
+    np.testing.assert_allclose(table["fall"], falls, rtol=1e-3, atol=1e-6)
+    assert list(table["lr"]) == list(lrs)
+    chosen, _ = ra.calibrate_loss_change(model, xa, ta, steps, lrs[:1], 0.5)
+    assert chosen is None
+    with pytest.raises(ValueError):
+        ra.calibrate_loss_change(model, xa, ta, steps, (), 0.1)
+
+
+class _FixedAID(nn.Module):
+    """A discriminator whose mixing is the image's mean pixel in slot 1 (by hand)."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([1 - m, m], 1)
+
+
+def test_aid_discrimination_by_hand():
+    model = nn.Module()
+    model.aid = _FixedAID()
+    model.register_parameter("w", nn.Parameter(torch.zeros(1)))
+    full = lambda vals: torch.stack([torch.full((3, 4, 4), v) for v in vals])  # noqa: E731
+    ca, aa = full([0.1, 0.2]), full([0.8, 0.9])  # centroids: [0.85, 0.15] clean, [0.15, 0.85] adversarial
+    cb, ab = full([0.1, 0.6, 0.3]), full([0.7, 0.4, 0.9])  # right: clean 0.1, 0.3; adv 0.7, 0.9 -> 4 of 6
+    got = ra.aid_discrimination(model, ca, aa, cb, ab)
+    assert got["accuracy"] == pytest.approx(4 / 6)
+    assert got["clean_max"] == pytest.approx(np.mean([0.9, 0.6, 0.7]))
+    assert got["adv_max"] == pytest.approx(np.mean([0.7, 0.6, 0.9]))
+
+    def d(p, q):  # the official pdist_js of two rows, by hand: mean over K of p log p - p log m + q log q - q log m
+        p, q = np.array(p), np.array(q)
+        m = (p + q) / 2
+        return float(np.mean(p * np.log(p) - p * np.log(m) + q * np.log(q) - q * np.log(m)))
+
+    want = np.mean([d([0.9, 0.1], [0.3, 0.7]), d([0.4, 0.6], [0.6, 0.4]), d([0.7, 0.3], [0.1, 0.9])])
+    assert got["js"] == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="discriminator"):
+        ra.aid_discrimination(nn.Linear(1, 1), ca, aa, cb, ab)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from advlib.attacks import AttackSpec, attack
 from advlib.cache import round_8bit
 from advlib.evaluate import _EPS, _match_voc, _prepare
-from advlib.losses import cls_loss, loc_loss, match_anchors, multibox_terms, ssd_loss
+from advlib.losses import cls_loss, loc_loss, match_targets, multibox_terms, ssd_loss
 from advlib.models.aaconv import AAConv2d
 from advlib.robustness import detect_all
 from advlib.utils import eval_mode, model_device, targets_to
@@ -48,7 +48,7 @@ def _check_batch(images: Tensor, targets: Sequence[dict], who: str) -> None:
 
 
 def _matched(model, targets: Sequence[dict]):
-    return match_anchors(model.anchors, targets_to(model_device(model), list(targets)), model.box_coder)
+    return match_targets(model, targets_to(model_device(model), list(targets)))
 
 
 def _per_image_loss(model, images: Tensor, matched) -> Tensor:
@@ -183,7 +183,7 @@ def gradient_entanglement(model: nn.Module, clean: Tensor, adv: Tensor, targets:
     reached = np.zeros(len(layers), dtype=bool)
     with eval_mode(model):
         for i in range(clean.shape[0]):
-            matched = match_anchors(model.anchors, targets_to(dev, list(targets[i:i + 1])), model.box_coder)
+            matched = match_targets(model, targets_to(dev, list(targets[i:i + 1])))
             g_clean, g_adv = layer_grads(clean[i:i + 1], matched), layer_grads(adv[i:i + 1], matched)
             row = []
             for j, (gc, ga) in enumerate(zip(g_clean, g_adv)):
@@ -223,7 +223,7 @@ def task_loss_changes(model: nn.Module, images: Tensor, targets: Sequence[dict],
     dev = model_device(model)
     x = images.to(dev)
     t = targets_to(dev, list(targets))
-    matched = match_anchors(model.anchors, t, model.box_coder)
+    matched = match_targets(model, t)
     with eval_mode(model):
         advs = [attack(model, x, t, spec, matched=matched) for spec in (spec_cls, spec_loc)]
         if rounding:
@@ -299,9 +299,112 @@ def pooled_pr_curve(model: nn.Module, images: Tensor, targets: Sequence[dict], n
     return pooled_pr(detect_all(model, images), targets, num_classes, iou_threshold)
 
 
+def calibrate_loss_change(model: nn.Module, images: Tensor, targets: Sequence[dict], steps: int,
+                          lrs: Sequence[float], fall: float = 0.10) -> tuple[float | None, pd.DataFrame]:
+    """Pick the loss-change analysis's learning rate by a criterion fixed in advance: the smallest
+    ``lr`` of ``lrs`` at which ``steps`` SGD steps on a batch lower that same batch's mean
+    multibox loss by at least ``fall`` (relative), i.e. the smallest setting in which the model
+    measurably learns the batch. (The paper leaves ``m`` and the optimiser to its supplement.)
+
+    Args:
+        model: the reference model (notebook 03: STD).
+        images, targets: the batch learned and watched (``[B, 3, H, W]``).
+        steps: SGD steps ``m``.
+        lrs: candidate learning rates (tried in increasing order).
+        fall: the relative fall of the batch's own mean loss required.
+
+    Returns:
+        ``(lr or None when no candidate reaches the fall, table)``: the table has one row per
+        candidate with ``loss before``, ``loss after`` and ``fall`` (relative).
+    """
+    if not lrs or any(lr <= 0 for lr in lrs) or not 0 < fall < 1:
+        raise ValueError(f"calibrate_loss_change: need positive lrs and 0 < fall < 1, got {lrs} and {fall}")
+    with torch.no_grad(), eval_mode(model):
+        before = float(_per_image_loss(model, images, _matched(model, targets)).mean())
+    rows, chosen = [], None
+    for lr in sorted(lrs):
+        change = float(loss_changes(model, images, targets, images, targets, steps, lr).mean())
+        rel = -change / before
+        rows.append({"lr": lr, "steps": steps, "loss before": before, "loss after": before + change, "fall": rel})
+        if chosen is None and rel >= fall:
+            chosen = lr
+    return chosen, pd.DataFrame(rows)
+
+
+def aid_discrimination(model: nn.Module, clean_a: Tensor, adv_a: Tensor, clean_b: Tensor, adv_b: Tensor) -> dict:
+    """How well a RobustDetector's discriminator tells adversarial from clean images.
+
+    The mixing vectors of batch a (clean and adversarial) give two centroids; every image of batch
+    b is called adversarial when its mixing is nearer (squared L2) the adversarial centroid.
+
+    Returns:
+        ``{"accuracy": fraction of batch b's 2N images called right (chance 0.5), "js": mean
+        :func:`~advlib.models.aid.js_distance_matrix` distance between each batch-b image's
+        mixing and its adversarial version's, "clean_max", "adv_max": mean largest mixing weight
+        on clean / adversarial images of batch b}``.
+    """
+    from advlib.models.aid import js_distance_matrix
+
+    if not hasattr(model, "aid"):
+        raise ValueError("aid_discrimination needs a model with a discriminator (.aid)")
+    dev = model_device(model)
+    with torch.no_grad(), eval_mode(model):
+        pa_c, pa_a, pb_c, pb_a = (model.aid(x.to(dev)).float().cpu() for x in (clean_a, adv_a, clean_b, adv_b))
+    c_clean, c_adv = pa_c.mean(0), pa_a.mean(0)
+
+    def called_adv(p: Tensor) -> Tensor:
+        return ((p - c_adv) ** 2).sum(1) < ((p - c_clean) ** 2).sum(1)
+
+    right = torch.cat([~called_adv(pb_c), called_adv(pb_a)]).float().mean()
+    js = torch.stack([js_distance_matrix(torch.stack([c, a]))[0, 1] for c, a in zip(pb_c, pb_a)]).mean()
+    return {"accuracy": float(right), "js": float(js), "clean_max": float(pb_c.max(1).values.mean()),
+            "adv_max": float(pb_a.max(1).values.mean())}
+
+
 # ----------------------------------------------------------------- the notebook's analyses, cached
+def analysis_batch_a(exp, n: int) -> tuple[Tensor, list[dict]]:
+    """Batch a of the analyses: the first ``n`` training images (at most the split) and their truth."""
+    from advlib.data import collate
+
+    return collate([exp.train_set[i] for i in range(min(n, len(exp.train_set)))])
+
+
+def loss_change_settings(exp, reference: nn.Module, rb) -> tuple[dict[str, tuple[int, float]], pd.DataFrame]:
+    """The loss-change settings of notebook 03: the calibrated one first, then the first run's.
+
+    The calibrated learning rate is :func:`calibrate_loss_change` on ``reference`` (STD) and batch a
+    with ``rb.loss_change_steps`` steps over ``rb.loss_change_lrs`` and ``rb.loss_change_fall``
+    (kept in the result cache); when no candidate reaches the fall, the largest is used and the
+    label says so. The first default run's setting ``rb.first_loss_change`` follows, unless equal.
+
+    Returns:
+        ``({label: (m, lr)}, calibration table)``.
+    """
+    from advlib.cache import ResultCache
+
+    xa, ta = analysis_batch_a(exp, rb.analysis_images)
+    m, lrs, fall = rb.loss_change_steps, tuple(rb.loss_change_lrs), rb.loss_change_fall
+
+    def compute() -> dict:
+        lr, table = calibrate_loss_change(reference, xa, ta, m, lrs, fall)
+        return {"lr": lr, "table": table.to_dict(orient="list")}
+
+    v = ResultCache.resolve(None).cached(compute, kind="robustdet-loss-change-calibration", version=1,
+                                         model=reference.zoo_key, data=exp.data_id, n=len(ta), steps=m,
+                                         lrs=list(lrs), fall=fall)
+    lr = v["lr"]
+    label = f"calibrated (m={m}, lr={lr:g})" if lr is not None else \
+        f"largest tried (m={m}, lr={max(lrs):g}; the {fall:.0%} criterion not met)"
+    settings = {label: (m, float(lr if lr is not None else max(lrs)))}
+    m0, lr0 = rb.first_loss_change
+    if (m0, float(lr0)) not in settings.values():
+        settings[f"first run (m={m0}, lr={lr0:g})"] = (int(m0), float(lr0))
+    return settings, pd.DataFrame(v["table"])
+
+
 def cached_analyses(exp, models: Mapping[str, nn.Module], rb, images: Tensor, targets: Sequence[dict],
-                    spec_cls: AttackSpec, spec_loc: AttackSpec, table_images: int) -> dict[str, dict]:
+                    spec_cls: AttackSpec, spec_loc: AttackSpec, table_images: int,
+                    loss_change_settings: Mapping[str, tuple[int, float]] | None = None) -> dict[str, dict]:
     """Every analysis of notebook 03 for each model, kept in the result cache.
 
     Batch a is the first ``rb.analysis_images`` training images, batch b as many test images, each
@@ -311,21 +414,30 @@ def cached_analyses(exp, models: Mapping[str, nn.Module], rb, images: Tensor, ta
     ``table_images`` test images clean and under ``spec_cls`` / ``spec_loc``; pooled PR curves
     (Fig. 1) on those images clean and under ``spec_cls``.
 
+    Args:
+        loss_change_settings: label -> ``(m, lr)`` of the loss-change analysis; the first is the
+            main one (``"loss_changes"``), all are under ``"loss_changes_by_setting"``. Default:
+            ``rb.loss_change_steps`` and ``rb.loss_change_lr``.
+
     Returns:
-        ``{model: {"loss_changes": {setting: array}, "entanglement": DataFrame, "task_changes":
-        DataFrame, "confidences": {"clean"|"A_cls"|"A_loc": array}, "pr": {"clean"|"A_cls":
-        {"precision", "recall"}}}}``.
+        ``{model: {"loss_changes": {panel: array}, "loss_changes_by_setting": {label: {panel:
+        array}}, "entanglement": DataFrame, "task_changes": DataFrame, "confidences":
+        {"clean"|"A_cls"|"A_loc": array}, "pr": {"clean"|"A_cls": {"precision", "recall"}},
+        "aid": :func:`aid_discrimination` or None}}`` (``aid`` for models with a discriminator).
     """
     from advlib.attacks import preset
     from advlib.cache import ResultCache
-    from advlib.data import collate
     from advlib.robustness import adversarial_images
 
     n = rb.analysis_images
-    xa, ta = collate([exp.train_set[i] for i in range(min(n, len(exp.train_set)))])
+    xa, ta = analysis_batch_a(exp, n)
     xb, tb = images[:n], list(targets[:n])
     xt, tt = images[:table_images], list(targets[:table_images])
     mda = preset("MDA", seed=0)
+    settings = dict(loss_change_settings or {f"m={rb.loss_change_steps}, lr={rb.loss_change_lr:g}":
+                                             (rb.loss_change_steps, rb.loss_change_lr)})
+    if not settings:
+        raise ValueError("cached_analyses: loss_change_settings is empty")
     out = {}
     for name, model in models.items():
         def compute(model=model) -> dict:
@@ -333,8 +445,9 @@ def cached_analyses(exp, models: Mapping[str, nn.Module], rb, images: Tensor, ta
             adv_b = round_8bit(adversarial_images(model, xb, tb, mda, progress=False))
             t_cls = round_8bit(adversarial_images(model, xt, tt, spec_cls, progress=False))
             t_loc = round_8bit(adversarial_images(model, xt, tt, spec_loc, progress=False))
-            return {"loss_changes": loss_change_histograms(model, xa, adv_a, ta, xb, adv_b, tb,
-                                                           rb.loss_change_steps, rb.loss_change_lr),
+            return {"loss_changes": {label: loss_change_histograms(model, xa, adv_a, ta, xb, adv_b, tb, m, lr)
+                                     for label, (m, lr) in settings.items()},
+                    "aid": aid_discrimination(model, xa, adv_a, xb, adv_b) if hasattr(model, "aid") else None,
                     "entanglement": gradient_entanglement(model, xb, adv_b, tb, exclude=("aid",)),
                     "task_changes": task_loss_changes(model, xb, tb, spec_cls, spec_loc),
                     "confidences": {k: confidence_scores(model, x) for k, x in
@@ -343,10 +456,13 @@ def cached_analyses(exp, models: Mapping[str, nn.Module], rb, images: Tensor, ta
                                if m in ("precision", "recall")} for k, x in (("clean", xt), ("A_cls", t_cls))}}
 
         v = ResultCache.resolve(None).cached(
-            compute, kind="robustdet-analyses", version=1, model=model.zoo_key, data=exp.data_id, n=n,
-            table_images=len(tt), steps=rb.loss_change_steps, lr=rb.loss_change_lr, mda=mda.to_dict(),
-            spec_cls=spec_cls.to_dict(), spec_loc=spec_loc.to_dict())
-        out[name] = {"loss_changes": {k: np.asarray(x, dtype=float) for k, x in v["loss_changes"].items()},
+            compute, kind="robustdet-analyses", version=2, model=model.zoo_key, data=exp.data_id, n=n,
+            table_images=len(tt), loss_change_settings={k: list(v) for k, v in settings.items()},
+            mda=mda.to_dict(), spec_cls=spec_cls.to_dict(), spec_loc=spec_loc.to_dict())
+        by_setting = {label: {k: np.asarray(x, dtype=float) for k, x in panels.items()}
+                      for label, panels in v["loss_changes"].items()}
+        out[name] = {"loss_changes": by_setting[next(iter(settings))], "loss_changes_by_setting": by_setting,
+                     "aid": v.get("aid"),
                      "entanglement": pd.DataFrame(v["entanglement"]),
                      "task_changes": pd.DataFrame(v["task_changes"]),
                      "confidences": {k: np.asarray(x, dtype=float) for k, x in v["confidences"].items()},
@@ -369,10 +485,28 @@ def analysis_summary(analyses: Mapping[str, Mapping]) -> pd.DataFrame:
         row["dL_loc (A_loc)"] = float(a["task_changes"]["dL_loc"].mean())
         for k, v in a["confidences"].items():
             row[f"confidence {k}"] = float(np.mean(v)) if len(v) else float("nan")
+        if a.get("aid"):
+            row["AID accuracy"] = a["aid"]["accuracy"]
+            row["AID JS clean-adv"] = a["aid"]["js"]
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-__all__ = ["SETTINGS", "analysis_summary", "cached_analyses", "confidence_scores", "conv_layers",
-           "gradient_entanglement", "loss_change_histograms", "loss_changes", "pooled_pr", "pooled_pr_curve",
+def loss_change_summary(analyses: Mapping[str, Mapping]) -> pd.DataFrame:
+    """Rows (model, setting) for every loss-change setting computed: per Fig. 3 panel the fraction
+    of positive changes and the mean change, and the mean absolute change."""
+    rows = {}
+    for name, a in analyses.items():
+        for label, panels in a["loss_changes_by_setting"].items():
+            row = {}
+            for s in SETTINGS:
+                v = np.asarray(panels[s], dtype=float)
+                row[f"{s} >0"], row[f"{s} mean"], row[f"{s} mean |Δ|"] = (
+                    float((v > 0).mean()), float(v.mean()), float(np.abs(v).mean()))
+            rows[(name, label)] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["model", "setting"])
+
+
+__all__ = ["SETTINGS", "aid_discrimination", "analysis_batch_a", "analysis_summary", "cached_analyses", "calibrate_loss_change", "confidence_scores", "conv_layers",
+           "gradient_entanglement", "loss_change_histograms", "loss_change_settings", "loss_change_summary", "loss_changes", "pooled_pr", "pooled_pr_curve",
            "task_loss_changes"]
