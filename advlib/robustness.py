@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from advlib.attacks import AttackSpec, attack
-from advlib.evaluate import evaluate_voc
+from advlib.evaluate import evaluate_coco, evaluate_voc
 from advlib.utils import model_device, targets_to
 from advlib.cache import AdversarialCache, ResultCache, data_fingerprint, model_fingerprint, round_8bit
 
@@ -100,6 +100,7 @@ class Cell:
     cached: bool = False  # transfer cell: the adversarial set came from the on-disk cache
     result_cached: bool = False  # the number itself came from the result cache (no attack run)
     ap: list | None = None  # per-class AP (VOC07 rule unless the table says otherwise)
+    coco_ap: float | None = None  # COCO box AP@[.5:.95] (tables built with coco=True)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -120,6 +121,17 @@ class RobustnessTable:
         order_m = list(dict.fromkeys(df["model"]))
         order_a = list(dict.fromkeys(df["attack"]))
         return df.pivot(index="model", columns="attack", values="map").loc[order_m, order_a]
+
+    @property
+    def coco_frame(self) -> pd.DataFrame:
+        """Models × attacks → COCO box AP@[.5:.95] (tables built with ``coco=True``; else NaN)."""
+        df = pd.DataFrame([c.to_dict() for c in self.cells])
+        if df.empty:
+            return df
+        df["coco_ap"] = df["coco_ap"].astype(float)
+        order_m = list(dict.fromkeys(df["model"]))
+        order_a = list(dict.fromkeys(df["attack"]))
+        return df.pivot(index="model", columns="attack", values="coco_ap").loc[order_m, order_a]
 
     def per_class(self, attack_name: str) -> pd.DataFrame:
         """Per-class AP of every model under one column (classes × models)."""
@@ -159,7 +171,7 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
                      images: Tensor, targets: list[dict], classes, sources: Mapping[str, torch.nn.Module] | None = None,
                      cache: AdversarialCache | None = None, data_id: str = "", batch_size: int = 32,
                      progress: bool = True, use_07_metric: bool = True,
-                     result_cache: ResultCache | bool | None = None) -> RobustnessTable:
+                     result_cache: ResultCache | bool | None = None, coco: bool = False) -> RobustnessTable:
     """Evaluate every model under every attack.
 
     Args:
@@ -176,6 +188,8 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
         batch_size, progress, use_07_metric: evaluation settings.
         result_cache: cache of the cells' numbers (default ``data/cache/results``; ``False``
             recomputes everything). A cell found there runs no attack.
+        coco: also COCO box AP@[.5:.95] of every cell (:func:`~advlib.evaluate.evaluate_coco`,
+            pycocotools), in ``Cell.coco_ap`` and :attr:`RobustnessTable.coco_frame`.
 
     Returns:
         A :class:`RobustnessTable`.
@@ -208,8 +222,11 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
             source = atk.source if transfer else row
             key = results.key(kind="robustness_cell", model=fingerprints[row],
                               source=fingerprints[source] if transfer else None,
-                              spec=None if spec is None else spec.to_dict(), data=data_fp, use_07=use_07_metric)
+                              spec=None if spec is None else spec.to_dict(), data=data_fp, use_07=use_07_metric,
+                              **({"coco": True} if coco else {}))
             value = results.get(key, _valid_cell)
+            if value is not None and coco and not _number(value.get("coco_ap")):
+                value = None
             hit_result, set_cached = value is not None, False
             if value is None:
                 if atk is None:
@@ -222,10 +239,12 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
                 r = evaluate_voc(dets, targets, len(classes), use_07_metric=use_07_metric, class_names=classes)
                 r_all = evaluate_voc(dets, targets, len(classes), use_07_metric=False, class_names=classes)
                 value = {"map": float(r.map), "map_allpoint": float(r_all.map), "ap": [float(a) for a in r.ap]}
+                if coco:
+                    value["coco_ap"] = float(evaluate_coco(dets, targets, len(classes))["AP"])
                 results.put(key, value, {"model": row, "attack": col})
             table.cells.append(Cell(row, col, source, value["map"], value["map_allpoint"],
                                     None if spec is None else spec.to_dict(), time.perf_counter() - t0,
-                                    set_cached, hit_result, value["ap"]))
+                                    set_cached, hit_result, value["ap"], value.get("coco_ap")))
     return table
 
 

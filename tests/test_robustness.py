@@ -207,3 +207,23 @@ def test_white_box_cells_are_evaluated_on_8bit_images(models, data, monkeypatch)
     rounded = (raw.clamp(0, 1) * 255).round() / 255
     expected = evaluate_voc(real_detect(models["A"], rounded), targets, len(CLASSES), class_names=CLASSES).map
     assert table.get("A", "white") == pytest.approx(float(expected), abs=1e-9)
+
+
+def test_coco_ap_cells_are_pycocotools_on_the_same_detections(models, data, tmp_path):
+    from advlib.cache import ResultCache
+    from advlib.evaluate import evaluate_coco
+    from advlib.robustness import detect_all
+
+    images, targets = data
+    rc = ResultCache(tmp_path / "results", enabled=True)
+    t = robustness_table(models, {"clean": None}, images, targets, CLASSES, progress=False, result_cache=rc, coco=True)
+    for name, m in models.items():
+        want = evaluate_coco(detect_all(m, images), targets, len(CLASSES))["AP"]
+        assert t.coco_frame.loc[name, "clean"] == pytest.approx(want)
+    # a VOC-only table leaves COCO AP empty, and a cached VOC-only cell is not taken for a COCO one
+    rc2 = ResultCache(tmp_path / "results2", enabled=True)
+    voc = robustness_table(models, {"clean": None}, images, targets, CLASSES, progress=False, result_cache=rc2)
+    assert voc.coco_frame.isna().all().all()
+    again = robustness_table(models, {"clean": None}, images, targets, CLASSES, progress=False, result_cache=rc2,
+                             coco=True)
+    assert not any(c.result_cached for c in again.cells) and again.coco_frame.notna().all().all()
