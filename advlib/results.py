@@ -175,7 +175,10 @@ def mean_std_table(rows, index: str = "model", columns: str = "attack", values: 
     g = df.groupby([index, columns])[values]
     mean, std, n = g.mean().unstack(), g.std(ddof=1).unstack(), g.count().unstack()
     order_i, order_c = list(dict.fromkeys(df[index])), list(dict.fromkeys(df[columns]))
-    out = mean.loc[order_i, order_c].round(3).astype(str) + " ± " + std.loc[order_i, order_c].round(3).astype(str)
+    m, sd = mean.loc[order_i, order_c], std.loc[order_i, order_c]
+    # formatted cell by cell (pandas 3's astype(str) keeps NaN missing); one seed has no spread
+    out = pd.DataFrame([[("nan" if pd.isna(a) else str(round(float(a), 3))) + ("" if pd.isna(b) else f" ± {round(float(b), 3)}")
+                         for a, b in zip(m.loc[i], sd.loc[i])] for i in order_i], index=m.index, columns=m.columns)
     out["n"] = n.loc[order_i].min(axis=1)
     return out
 

@@ -50,6 +50,7 @@ from advlib.papers import cwat, mtd, robustdet
 from advlib.papers import robustdet_analysis as rda
 from advlib.papers import robustdet_claims as rdc
 from advlib.papers import robustdet_plots as rdp
+from advlib.papers import robustdet_runs as rdr
 from advlib.profiles import get_budget
 from advlib.results import gate_claims, scorecard
 from advlib.robustness import robustness_table, sweep_curves
@@ -164,11 +165,11 @@ plt.show()
 
 # %%
 an_models = {k: models[k] for k in ("STD", "MTD-1step", "RobustDet", N_LONG) if k in models}
-lc_settings, lc_calibration = rda.loss_change_settings(exp, models["STD"], rb)
+lc_settings, lc_calibration = rdr.loss_change_settings(exp, models["STD"], rb)
 print("loss-change calibration on STD (batch a learned and watched):")
 display(lc_calibration.round(4))
 print("settings:", lc_settings)
-analyses = rda.cached_analyses(exp, an_models, rb, images, targets, t1_attacks["A_cls"], t1_attacks["A_loc"],
+analyses = rdr.cached_analyses(exp, an_models, rb, images, targets, t1_attacks["A_cls"], t1_attacks["A_loc"],
                                budget.table_images, loss_change_settings=lc_settings)
 fig = rdp.plot_loss_change_histograms({k: analyses[k]["loss_changes"] for k in ("MTD-1step", "RobustDet")})
 exp.save_figure(fig, "03_fig3_loss_changes")
@@ -179,8 +180,8 @@ plt.show()
 fig = rdp.plot_confidences_and_pr({k: analyses[k] for k in an_models})
 exp.save_figure(fig, "03_fig1_fig5_fig7c")
 plt.show()
-display(rda.analysis_summary(analyses).round(3))
-lc_summary = rda.loss_change_summary(analyses)
+display(rdr.analysis_summary(analyses).round(3))
+lc_summary = rdr.loss_change_summary(analyses)
 display(lc_summary.round(4))
 
 # %% [markdown]
@@ -215,7 +216,7 @@ results = {"notebook": "03_robustdet_loss_change", "profile": exp.profile.to_dic
            "robustdet_budget": rb.__dict__, "seed": seed, "claim_models": rows, "budget_note": note,
            "tables": {"premise": premise, "table1": {"ours": t1.to_dict(), "paper": robustdet.TABLE1.to_dict()},
                       "table3": {"ours": t3.to_dict(), "paper": robustdet.TABLE3.to_dict()}, "fig7ab": curves,
-                      "analyses": rda.analysis_summary(analyses), "adaptive": ad.to_dict(),
+                      "analyses": rdr.analysis_summary(analyses), "adaptive": ad.to_dict(),
                       "loss_change_calibration": lc_calibration, "loss_change_settings": lc_settings,
                       "loss_changes_by_setting": lc_summary.reset_index()},
            "models": {k: tm.meta.get("train_seconds") for k, tm in trained.items()},

@@ -193,3 +193,13 @@ def test_stage1_disk_cache_round_trip(tiny_voc, tmp_path, monkeypatch):
     assert b.image_ids == a.image_ids == [str(exp.train_subset(6)[i][1]["image_id"]) for i in range(6)]
     assert torch.equal(a.delta, b.delta) and torch.equal(a.abar, b.abar) and b.spec == spec and b.phi == 0.7
     assert am.cached_stage1(exp, vanilla, am.setting_spec("FGSM", 0.1), 0.7, 6).key != a.key
+
+
+def test_stage1_summary_by_hand():
+    alpha = torch.tensor([[0.25, 0.5, 1.0], [1.0, 1.0, 0.8], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    s1 = am.Stage1("k", [], torch.zeros(0), torch.zeros(0), alpha, torch.tensor([4.0, 5.0, 0.0]),
+                   am.vulnerability(alpha), am.setting_spec("FGSM", 0.01), 0.7)
+    got = am.stage1_summary(s1)
+    # flips out of class 1: 0.5 + 0 = 0.5 of 4 objects; class 2: 0 + 0.2 = 0.2 of 5 -> (2 + 1) / 9
+    assert got["objects right before"] == 9 and got["flipped to another class"] == pytest.approx(3 / 9)
+    assert got["mean Ā"] == pytest.approx(float(am.vulnerability(alpha).mean()))

@@ -184,3 +184,8 @@ def test_protocol_budget_and_adopted_protocol_is_table2s_model():
     assert kw == {"parent": "std", "seed": None, "cfg": ("ft", 2, None)}
     PROTOCOLS["scratch-1step"].train(FakeExp())
     assert calls[1][1] == {"seed": None} and calls[1][0] == spec
+
+
+def test_mean_std_table_with_one_seed_shows_the_mean():
+    t = mean_std_table([{"seed": 0, "model": "A", "attack": "clean", "map": 0.25}])
+    assert t.loc["A", "clean"] == "0.25" and list(t["n"]) == [1]

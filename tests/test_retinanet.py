@@ -155,3 +155,20 @@ def test_experiment_trains_and_caches_either_family_by_name(tiny_voc, tmp_path):
         torch.testing.assert_close(again.model.state_dict()[k], v)
     side = exp.profile.image_size
     assert len(again.model.detect(torch.rand(2, 3, side, side))) == 2
+
+
+def test_dag_and_cwa_run_on_retinanet_with_ignored_anchors(tiny_train):
+    """DAG scores RetinaNet's targets by their own sigmoid and skips ignored anchors (label -1)."""
+    from advlib.attacks.objectives import DAGObjective
+
+    model = _model()
+    x, targets = _batch(tiny_train)
+    assert (match_targets(model, targets).labels < 0).any()  # the batch has ignored anchors
+    for name in ("DAG", "CWA"):
+        adv = attack(model, x, targets, preset(name, steps=2, seed=0))
+        assert adv.shape == x.shape and (adv - x).abs().max() <= 8 / 255 + 1e-6
+    dag = DAGObjective(stop_prob=0.5)
+    state = dag.prepare(model, x, targets)
+    out = model(x)
+    want = state.targets & (torch.sigmoid(out.cls_logits.gather(-1, state.true[..., None]).squeeze(-1)) >= 0.5)
+    assert torch.equal(dag._active(out.cls_logits, state, "focal"), want)

@@ -159,16 +159,20 @@ class DAGObjective(Objective):
         gens = image_generators(images, 0 if spec is None else spec.seed)
         a = matched.labels.shape[1]
         shift = torch.stack([torch.randint(1, c, (a,), generator=g) for g in gens]).to(images.device)
-        true = matched.labels
+        true = matched.labels.clamp(min=0)  # RetinaNet's ignored anchors (-1) are no targets
         adv = (true - 1 + shift) % c + 1  # in 1..C and never the true class
         stop = None if self.until == "argmax" else float(self.stop_prob if self.stop_prob is not None
                                                          else getattr(model, "score_thresh", 0.01))
         return DAGState(matched.positive, true, adv, stop)
 
-    def _active(self, logits: Tensor, state: DAGState) -> Tensor:
+    def _active(self, logits: Tensor, state: DAGState, family: str = "softmax") -> Tensor:
         if state.stop_prob is None:
             return state.targets & (logits.argmax(-1) == state.true)
-        p_true = torch.softmax(logits, -1).gather(-1, state.true[..., None]).squeeze(-1)
+        z_true = logits.gather(-1, state.true[..., None]).squeeze(-1)
+        # the class probability the detector's post-processing scores: softmax (SSD) or the
+        # class's own sigmoid (RetinaNet's focal family)
+        p_true = torch.sigmoid(z_true) if family == "focal" else \
+            torch.softmax(logits, -1).gather(-1, state.true[..., None]).squeeze(-1)
         return state.targets & (p_true >= state.stop_prob)
 
     def loss(self, model, x: Tensor, state: DAGState) -> Tensor:
@@ -176,13 +180,15 @@ class DAGObjective(Objective):
 
     def loss_and_done(self, model, x: Tensor, state: DAGState) -> tuple[Tensor, Tensor]:
         """The loss and, from the same forward pass, which images have no target left to fool."""
-        z = model(x).cls_logits  # [B, A, C+1]
-        active = self._active(z.detach(), state)
+        out = model(x)
+        z = out.cls_logits  # [B, A, C+1]
+        active = self._active(z.detach(), state, getattr(out, "family", "softmax"))
         gap = z.gather(-1, state.adv[..., None]).squeeze(-1) - z.gather(-1, state.true[..., None]).squeeze(-1)
         return (gap * active).sum(1), ~active.any(1)
 
     def done(self, model, x: Tensor, state: DAGState) -> Tensor:
-        return ~self._active(model(x).cls_logits, state).any(1)
+        out = model(x)
+        return ~self._active(out.cls_logits, state, getattr(out, "family", "softmax")).any(1)
 
 
 # ----------------------------------------------------- attacks on the clean detections

@@ -1,5 +1,5 @@
 """RobustDet's figures (Dong et al., ECCV 2022): Fig. 3's loss-change histograms, Fig. 4's
-gradient entanglement, and Figs. 1, 5 (right) and 7c from :func:`advlib.papers.robustdet_analysis.cached_analyses`."""
+gradient entanglement, and Figs. 1, 5 (right) and 7c from :func:`advlib.papers.robustdet_runs.cached_analyses`."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def plot_confidences_and_pr(analyses: Mapping[str, Mapping]):
     box per model and setting), Fig. 1 (pooled precision-recall curves, clean solid and A_cls
     dashed) and Fig. 5 right (mean change of L_cls under A_cls and of L_loc under A_loc).
 
-    Args: analyses: ``{model: analysis}`` from :func:`~advlib.papers.robustdet_analysis.cached_analyses`.
+    Args: analyses: ``{model: analysis}`` from :func:`~advlib.papers.robustdet_runs.cached_analyses`.
     Returns: the matplotlib Figure (three axes).
     """
     import matplotlib.pyplot as plt
