@@ -172,3 +172,14 @@ def test_dag_and_cwa_run_on_retinanet_with_ignored_anchors(tiny_train):
     out = model(x)
     want = state.targets & (torch.sigmoid(out.cls_logits.gather(-1, state.true[..., None]).squeeze(-1)) >= 0.5)
     assert torch.equal(dag._active(out.cls_logits, state, "focal"), want)
+
+
+def test_head_depth_is_a_parameter():
+    from advlib.models.backbones import build_backbone
+
+    m = RetinaNetDetector(build_backbone("tiny_vgg"), C, (SIZE, SIZE), head_convs=1)
+    assert len(m.net.head.classification_head.conv) == 1 and len(m.net.head.regression_head.conv) == 1
+    assert len(_model().net.head.classification_head.conv) == 4  # torchvision's default
+    assert m.eval()(torch.rand(1, 3, SIZE, SIZE)).cls_logits.shape[-1] == C + 1
+    with pytest.raises(ValueError, match="head_convs"):
+        RetinaNetDetector(build_backbone("tiny_vgg"), C, (SIZE, SIZE), head_convs=0)
