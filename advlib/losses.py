@@ -211,6 +211,16 @@ def focal_terms(output, matched: Matched, alpha: float = 0.25, gamma: float = 2.
                  matched.object_labels, pos.sum(1).to(cls.dtype))
 
 
+def class_scores(output) -> Tensor:
+    """Foreground class probabilities ``[B, A, C]`` of a dense output, as its family's
+    post-processing scores them: softmax over the ``C+1`` logits (SSD) or each class's own sigmoid
+    (RetinaNet, ``family == "focal"``)."""
+    logits = output.cls_logits
+    if getattr(output, "family", "softmax") == "focal":
+        return torch.sigmoid(logits[..., 1:])
+    return torch.softmax(logits, dim=-1)[..., 1:]
+
+
 def _normaliser(terms: Terms) -> Tensor:
     return terms.num_positive.clamp(min=1.0)
 

@@ -189,17 +189,9 @@ plt.show()
 # Rows are (M)ediate samples, auxiliary B(A)tch norm, AdvAmd (L)oss; Δ against the vanilla SSD's benign score. The paper's nearest detector ablation (YOLO-V5) below.
 
 # %%
-t3 = rows[(rows.arch == "ssd") & (rows.seed == exp.seed) & (rows.defence == "AdvAmd")
-          & rows.setting.isin([advamd.setting_name(k, e) for k, e in ab.table3_settings])].copy()
-base_ssd = float(rows[(rows.arch == "ssd") & (rows.seed == exp.seed) & rows.defence.isna()].benign.iloc[0])
-t3["row"] = [ac.switches_label(m, a, l) for m, a, l in zip(t3.mediate, t3.aux_bn, t3.amd_loss)]
-t3["Δ adv"], t3["Δ benign"] = t3.adversarial - base_ssd, t3.benign - base_ssd
-table3 = t3.pivot(index="row", columns="setting", values=["Δ adv", "Δ benign"]) if len(t3) else pd.DataFrame()
-if len(t3):
-    table3 = table3.reindex([ac.switches_label(*r) for r in advamd.TABLE3_ROWS])
-    table3.columns = [f"{a} {b}" for a, b in table3.columns]
+table3 = ac.table3_frame(rows, [advamd.setting_name(k, e) for k, e in ab.table3_settings], exp.seed)
 print(note)
-display(table3.round(3) if len(t3) else "Table 3 is not in this profile's budget")
+display(table3.round(3) if len(table3) else "Table 3 is not in this profile's budget")
 display(ac.TABLE3_YOLO.frame().round(3))
 
 # %% [markdown]
@@ -207,12 +199,7 @@ display(ac.TABLE3_YOLO.frame().round(3))
 # Benign and adversarial mAP@0.5 in the seed setting over every seed (mean ± sample std); the paper reports about ±0.07 AP.
 
 # %%
-seed_rows = rows[rows.setting == SEED_SETTING].copy()
-seed_rows = seed_rows[seed_rows.defence.isna() | seed_rows.defence.isin(["Benign FT"])
-                      | ((seed_rows.defence == "AdvAmd") & (seed_rows.mediate == True) & (seed_rows.aux_bn == True)  # noqa: E712
-                         & (seed_rows.amd_loss == True))]  # noqa: E712
-seed_rows["model"] = [f"{advamd.ARCH_NAMES[a]} {d if isinstance(d, str) else 'vanilla'}" for a, d in zip(seed_rows.arch, seed_rows.defence)]
-long = seed_rows.melt(id_vars=["model", "seed"], value_vars=["benign", "adversarial"], var_name="attack", value_name="map")
+long = ac.seed_frame(rows, SEED_SETTING)
 display(mean_std_table(long.to_dict(orient="records")))
 
 # %% [markdown]

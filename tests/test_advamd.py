@@ -66,9 +66,9 @@ def test_object_predictions_by_hand():
     p = torch.softmax(logits[0], -1)[:, 1:]
     assert true.tolist() == [1, 2]
     assert pred.tolist() == [int(p[[0, 1]].mean(0).argmax()) + 1, int(p[3].argmax()) + 1] == [1, 1]
-    # RetinaNet's sigmoid scores when the model defines class_scores
+    # RetinaNet's sigmoid scores for a focal-family output
     model = _FixedOutput(logits)
-    model.class_scores = lambda out: torch.sigmoid(out.cls_logits[..., 1:])
+    model.forward = lambda images: FocalOutput(logits, torch.zeros(1, 4, 4))
     _, pred = am.object_predictions(model, torch.zeros(1, 3, 8, 8), m)
     assert pred.tolist() == [1, 1]
 
@@ -203,3 +203,27 @@ def test_stage1_summary_by_hand():
     # flips out of class 1: 0.5 + 0 = 0.5 of 4 objects; class 2: 0 + 0.2 = 0.2 of 5 -> (2 + 1) / 9
     assert got["objects right before"] == 9 and got["flipped to another class"] == pytest.approx(3 / 9)
     assert got["mean Ā"] == pytest.approx(float(am.vulnerability(alpha).mean()))
+
+
+def test_table3_and_seed_frames_by_hand():
+    import pandas as pd
+
+    from advlib.papers import advamd_claims as ac
+
+    base = {"arch": "ssd", "seed": 0, "setting": "FGSM ε=0.01", "kind": "FGSM", "eps": 0.01}
+    rows = [{**base, "defence": None, "mediate": None, "aux_bn": None, "amd_loss": None, "benign": 0.5,
+             "adversarial": 0.3}]
+    for i, (m, a, l_) in enumerate(ac.TABLE3_ORDER):
+        rows.append({**base, "defence": "AdvAmd", "mediate": m, "aux_bn": a, "amd_loss": l_, "benign": 0.5 + i / 100,
+                     "adversarial": 0.3 + i / 100})
+    rows.append({**base, "defence": "Benign FT", "mediate": None, "aux_bn": None, "amd_loss": None, "benign": 0.52,
+                 "adversarial": 0.31})
+    df = pd.DataFrame(rows)
+    t3 = ac.table3_frame(df, ["FGSM ε=0.01"])
+    assert list(t3.index) == ["M", "A", "L", "M+A", "M+L", "A+L", "M+A+L"]
+    assert t3.loc["A+L", "Δ benign FGSM ε=0.01"] == pytest.approx(0.05)
+    assert t3.loc["M", "Δ adv FGSM ε=0.01"] == pytest.approx(-0.2)
+    assert ac.table3_frame(df, []).empty
+    long = ac.seed_frame(df, "FGSM ε=0.01")
+    assert sorted(set(long.model)) == ["ssd AdvAmd", "ssd Benign FT", "ssd vanilla"]
+    assert float(long[(long.model == "ssd AdvAmd") & (long.attack == "benign")]["map"].iloc[0]) == pytest.approx(0.56)

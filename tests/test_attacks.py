@@ -191,14 +191,15 @@ def test_dag_score_rule_keeps_a_target_until_its_true_probability_is_below_the_t
     state = obj.prepare(model, x, targets)
     assert state.stop_prob == pytest.approx(model.score_thresh)
     with torch.no_grad():
-        z = model(x).cls_logits
+        out = model(x)
+    z = out.cls_logits
     p_true = torch.softmax(z, -1).gather(-1, state.true[..., None]).squeeze(-1)
-    active = obj._active(z, state)
+    active = obj._active(out, state)
     assert torch.equal(active, state.targets & (p_true >= model.score_thresh))
     # the argmax rule (original DAG) drops a target as soon as another class wins
     argmax_state = DAGObjective(until="argmax").prepare(model, x, targets)
     assert argmax_state.stop_prob is None
-    assert torch.equal(DAGObjective(until="argmax")._active(z, argmax_state),
+    assert torch.equal(DAGObjective(until="argmax")._active(out, argmax_state),
                        state.targets & (z.argmax(-1) == state.true))
     with pytest.raises(ValueError, match="until"):
         DAGObjective(until="flip")

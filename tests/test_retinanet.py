@@ -171,7 +171,7 @@ def test_dag_and_cwa_run_on_retinanet_with_ignored_anchors(tiny_train):
     state = dag.prepare(model, x, targets)
     out = model(x)
     want = state.targets & (torch.sigmoid(out.cls_logits.gather(-1, state.true[..., None]).squeeze(-1)) >= 0.5)
-    assert torch.equal(dag._active(out.cls_logits, state, "focal"), want)
+    assert torch.equal(dag._active(out, state), want)
 
 
 def test_head_depth_is_a_parameter():

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advlib.attacks.engine import AttackSpec, image_generators, run_attack
-from advlib.losses import REDUCERS, Matched, batched_box_iou, match_targets, multibox_terms, pad_targets
+from advlib.losses import REDUCERS, Matched, batched_box_iou, class_scores, match_targets, multibox_terms, pad_targets
 from advlib.registry import Registry, check_params
 
 #: objective name -> class (or factory) taking the spec's ``params`` as keyword arguments
@@ -165,14 +165,13 @@ class DAGObjective(Objective):
                                                          else getattr(model, "score_thresh", 0.01))
         return DAGState(matched.positive, true, adv, stop)
 
-    def _active(self, logits: Tensor, state: DAGState, family: str = "softmax") -> Tensor:
+    def _active(self, output, state: DAGState) -> Tensor:
+        logits = output.cls_logits
         if state.stop_prob is None:
             return state.targets & (logits.argmax(-1) == state.true)
-        z_true = logits.gather(-1, state.true[..., None]).squeeze(-1)
-        # the class probability the detector's post-processing scores: softmax (SSD) or the
-        # class's own sigmoid (RetinaNet's focal family)
-        p_true = torch.sigmoid(z_true) if family == "focal" else \
-            torch.softmax(logits, -1).gather(-1, state.true[..., None]).squeeze(-1)
+        # the probability the detector's post-processing scores the true class by (softmax for
+        # the SSD, the class's own sigmoid for RetinaNet); background anchors are no targets
+        p_true = class_scores(output).gather(-1, (state.true - 1).clamp(min=0)[..., None]).squeeze(-1)
         return state.targets & (p_true >= state.stop_prob)
 
     def loss(self, model, x: Tensor, state: DAGState) -> Tensor:
@@ -182,13 +181,12 @@ class DAGObjective(Objective):
         """The loss and, from the same forward pass, which images have no target left to fool."""
         out = model(x)
         z = out.cls_logits  # [B, A, C+1]
-        active = self._active(z.detach(), state, getattr(out, "family", "softmax"))
+        active = self._active(type(out)(z.detach(), out.box_deltas), state)
         gap = z.gather(-1, state.adv[..., None]).squeeze(-1) - z.gather(-1, state.true[..., None]).squeeze(-1)
         return (gap * active).sum(1), ~active.any(1)
 
     def done(self, model, x: Tensor, state: DAGState) -> Tensor:
-        out = model(x)
-        return ~self._active(out.cls_logits, state, getattr(out, "family", "softmax")).any(1)
+        return ~self._active(model(x), state).any(1)
 
 
 # ----------------------------------------------------- attacks on the clean detections

@@ -92,10 +92,6 @@ class MagNetDetector(nn.Module):
     def decode(self, box_deltas: Tensor) -> Tensor:
         return self.detector.decode(box_deltas)
 
-    def class_scores(self, output) -> Tensor:
-        own = getattr(self.detector, "class_scores", None)
-        return own(output) if callable(own) else torch.softmax(output.cls_logits, dim=-1)[..., 1:]
-
     def postprocess(self, output, score_thresh: float | None = None) -> list[dict[str, Tensor]]:
         return self.detector.postprocess(output, score_thresh)
 

@@ -199,10 +199,6 @@ class RetinaNetDetector(nn.Module):
         b, a, _ = box_deltas.shape
         return self.box_coder.decode_single(box_deltas.reshape(b * a, 4), self.anchors.repeat(b, 1)).reshape(b, a, 4)
 
-    def class_scores(self, output: FocalOutput) -> Tensor:
-        """Foreground class probabilities ``[B, A, C]`` (sigmoid of each class's logit)."""
-        return torch.sigmoid(output.cls_logits[..., 1:])
-
     @torch.no_grad()
     def postprocess(self, output: FocalOutput, score_thresh: float | None = None) -> list[dict[str, Tensor]]:
         """torchvision's ``postprocess_detections`` on the head outputs (labels in 1..C)."""

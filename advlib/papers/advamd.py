@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from advlib.papers.advamd_claims import TABLE3_ORDER
 from advlib.papers.advamd_recipes import (EPSILONS, PGD_STEP_FRACTION, PGD_STEPS, PHI, SOURCE, AdvAmdRecipe,
                                           DistillRecipe, ReconstructionRecipe, Stage1, attack_difficulty,
-                                          cached_stage1, class_scores, compute_stage1, object_predictions,
+                                          cached_stage1, compute_stage1, object_predictions,
                                           setting_name, setting_spec, soft_class_loss, stage1_key, stage1_summary,
                                           vulnerability, weighted_multibox)
 
@@ -86,8 +87,7 @@ BUDGETS = {
 }
 
 #: Table 3's rows: (mediate samples, auxiliary BN, AdvAmd loss), the paper's order
-TABLE3_ROWS = ((True, False, False), (False, True, False), (False, False, True), (True, True, False),
-               (True, False, True), (False, True, True), (True, True, True))
+TABLE3_ROWS = TABLE3_ORDER
 ARCH_NAMES = {"ssd": "SSD", "retinanet": "RetinaNet"}
 
 
@@ -226,7 +226,7 @@ def evaluate(exp, arch: str, seed: int, vanilla_model: nn.Module, entries: list[
 
 __all__ = ["ARCH_NAMES", "AdvAmdBudget", "AdvAmdRecipe", "BUDGETS", "DistillRecipe", "EPSILONS", "PGD_STEPS",
            "PGD_STEP_FRACTION", "PHI", "ReconstructionRecipe", "SETTINGS", "SOURCE", "Stage1", "TABLE3_ROWS",
-           "attack_difficulty", "budget", "cached_stage1", "class_scores", "compute_stage1", "defence_recipe",
+           "attack_difficulty", "budget", "cached_stage1", "compute_stage1", "defence_recipe",
            "evaluate", "fine_tuned", "finetune_config", "magnet_threshold", "object_predictions", "reductions",
            "reformer", "setting_name", "setting_spec", "soft_class_loss", "stage1", "stage1_key", "stage1_summary",
            "vanilla", "vulnerability", "weighted_multibox"]

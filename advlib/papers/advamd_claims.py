@@ -64,6 +64,11 @@ TABLE3_YOLO = Reported("AdvAmd Table 3 (YOLO-V5 Large)", "COCO, YOLO-V5 Large, �
     "M+A+L": (-2.7, -5.7, -3.6, -7.1, 2.3, 1.6, 2.1, 1.5)}), scale=100)
 
 
+#: Table 3's rows: (mediate samples, auxiliary BN, AdvAmd loss), the paper's order
+TABLE3_ORDER = ((True, False, False), (False, True, False), (False, False, True), (True, True, False),
+                (True, False, True), (False, True, True), (True, True, True))
+
+
 def switches_label(mediate: bool, aux_bn: bool, amd_loss: bool) -> str:
     """``M``/``A``/``L`` joined by ``+`` (mediate samples, auxiliary BN, AdvAmd loss)."""
     return "+".join(n for n, on in (("M", mediate), ("A", aux_bn), ("L", amd_loss)) if on) or "none"
@@ -164,9 +169,7 @@ def claims(rows: pd.DataFrame, seed_setting: str, table3_settings: list[str], se
                      **{f"AdvAmd − Adv-Train {k}": v for k, v in gaps.items()}))
 
     # 4. Table 3's reading
-    combos = {"M": (True, False, False), "A": (False, True, False), "L": (False, False, True),
-              "M+A": (True, True, False), "M+L": (True, False, True), "A+L": (False, True, True),
-              "M+A+L": (True, True, True)}
+    combos = {switches_label(*c): c for c in TABLE3_ORDER}
     parts, nums = [], {}
     base = _vanilla_benign(rows, "ssd", seed)
     for s in table3_settings:
@@ -228,5 +231,31 @@ def delta_table(rows: pd.DataFrame, arch: str, seed: int = 0, metric: str = "") 
     return pd.DataFrame.from_dict(table, orient="index").reindex(columns=cols)
 
 
-__all__ = ["DEFENCES", "NEAR_ZERO", "POINT", "ROW_COLUMNS", "SOURCE", "TABLE1", "TABLE3_YOLO", "claims",
-           "delta_table", "switches_label"]
+def table3_frame(rows: pd.DataFrame, settings: list[str], seed: int = 0) -> pd.DataFrame:
+    """Table 3 on the SSD: one row per on/off combination (``M``/``A``/``L``, the paper's order),
+    columns ``Δ adv <setting>`` and ``Δ benign <setting>`` against the vanilla SSD's benign mAP;
+    empty when ``settings`` is."""
+    r = rows[(rows.arch == "ssd") & (rows.seed == seed)]
+    t3 = r[(r.defence == "AdvAmd") & r.setting.isin(settings)].copy()
+    if t3.empty:
+        return pd.DataFrame()
+    base = float(r[r.defence.isna()].benign.iloc[0])
+    t3["row"] = [switches_label(m, a, l_) for m, a, l_ in zip(t3.mediate, t3.aux_bn, t3.amd_loss)]
+    t3["Δ adv"], t3["Δ benign"] = t3.adversarial - base, t3.benign - base
+    out = t3.pivot(index="row", columns="setting", values=["Δ adv", "Δ benign"])
+    out = out.reindex([switches_label(*c) for c in TABLE3_ORDER])
+    out.columns = [f"{a} {b}" for a, b in out.columns]
+    return out
+
+
+def seed_frame(rows: pd.DataFrame, setting: str) -> pd.DataFrame:
+    """The seed rows of ``setting`` in long form (``model``, ``seed``, ``attack`` = benign |
+    adversarial, ``map``) for :func:`advlib.results.mean_std_table`: vanilla, full AdvAmd and the
+    benign fine-tuning control of each architecture."""
+    r = rows[(rows.setting == setting) & (rows.defence.isna() | (rows.defence == "Benign FT") | _full(rows))].copy()
+    r["model"] = [f"{a} {d if isinstance(d, str) else 'vanilla'}" for a, d in zip(r.arch, r.defence)]
+    return r.melt(id_vars=["model", "seed"], value_vars=["benign", "adversarial"], var_name="attack", value_name="map")
+
+
+__all__ = ["DEFENCES", "NEAR_ZERO", "POINT", "ROW_COLUMNS", "SOURCE", "TABLE1", "TABLE3_ORDER", "TABLE3_YOLO",
+           "claims", "delta_table", "seed_frame", "switches_label", "table3_frame"]

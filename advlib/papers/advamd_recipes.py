@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advlib.attacks import AttackSpec, attack, fgsm, pgd
-from advlib.losses import Terms, match_targets, multibox_terms, ssd_loss
+from advlib.losses import Terms, class_scores, match_targets, multibox_terms, ssd_loss
 from advlib.models.auxbn import add_auxiliary_bn, use_bn
 from advlib.utils import eval_mode, model_device, targets_to
 
@@ -76,13 +76,6 @@ def setting_name(kind: str, eps: float) -> str:
 
 
 # ------------------------------------------------------------------ α and Ā (eq. 6)
-def class_scores(model, output) -> Tensor:
-    """Foreground class probabilities ``[B, A, C]`` of a dense output (the model's own rule when
-    it has one, e.g. RetinaNet's sigmoid; else the SSD's softmax without the background)."""
-    own = getattr(model, "class_scores", None)
-    return own(output) if callable(own) else torch.softmax(output.cls_logits, dim=-1)[..., 1:]
-
-
 @torch.no_grad()
 def object_predictions(model, images: Tensor, matched) -> tuple[Tensor, Tensor]:
     """Every ground-truth object's true class and predicted class (1..C): the argmax over the
@@ -93,7 +86,7 @@ def object_predictions(model, images: Tensor, matched) -> tuple[Tensor, Tensor]:
         ``(true [K], predicted [K])`` int64 on the CPU.
     """
     with eval_mode(model):
-        scores = class_scores(model, model(images))  # [B, A, C]
+        scores = class_scores(model(images))  # [B, A, C]: softmax (SSD) or sigmoid (RetinaNet)
     true, pred = [], []
     for b in range(images.shape[0]):
         idx = matched.object_index[b]
@@ -390,6 +383,6 @@ class ReconstructionRecipe:
 
 
 __all__ = ["AdvAmdRecipe", "DistillRecipe", "EPSILONS", "PGD_STEPS", "PGD_STEP_FRACTION", "PHI", "ReconstructionRecipe",
-           "SOURCE", "Stage1", "attack_difficulty", "cached_stage1", "class_scores", "compute_stage1",
+           "SOURCE", "Stage1", "attack_difficulty", "cached_stage1", "compute_stage1",
            "object_predictions", "setting_name", "setting_spec", "soft_class_loss", "stage1_key", "stage1_summary",
            "vulnerability", "weighted_multibox"]
