@@ -108,10 +108,10 @@ def test_gaussian_kernel_is_normalised_and_symmetric():
 @pytest.mark.parametrize("name,params", [("cls", {}), ("loc", {}), ("multibox", {}), ("toa", {"beta_cls": 6.0}),
                                           ("owa", {"beta": 6.0}), ("cwa", {"beta": 6.0}), ("dag", {}),
                                           ("dfool", {"score_thresh": 0.05}), ("shrink", {"score_thresh": 0.05}),
-                                          ("rap", {"score_thresh": 0.05})])
+                                          ("rap", {"score_thresh": 0.05}), ("rad", {"m": 5})])
 def test_each_objective_increases_under_its_own_attack(model, batch, name, params):
     x, targets = batch
-    update = "linf" if name == "dag" else "sign"
+    update = {"dag": "linf", "rad": "l1"}.get(name, "sign")
     spec = AttackSpec(name, eps=8 / 255, step_size=2 / 255, steps=5, random_start=False, update=update,
                       params=tuple(sorted(params.items())))
     obj = make_objective(spec)
@@ -351,3 +351,61 @@ def test_dag_success_check_shares_the_loss_forward(model, batch, monkeypatch):
         hook.remove()
     assert torch.equal(fused, separate)
     assert n_fused <= 6 and n_separate >= 2 * n_fused - 1  # -1: the last check ends the loop early
+
+
+# ------------------------------------------------------- SI / DI copies (RAD's update)
+class _Linear:
+    """loss_b = <w, x_b>: the input gradient of a copy scaled by s is s * w, known by hand."""
+
+    name, has_done, fuses_done = "linear", False, False
+
+    def __init__(self, w):
+        self.w = w
+
+    def loss(self, model, x, state):
+        return (x * self.w).flatten(1).sum(1)
+
+
+def test_si_normalised_copies_average_unit_gradients_and_raw_copies_average_scales():
+    from advlib.attacks.engine import _input_gradient
+
+    torch.manual_seed(0)
+    w = torch.randn(1, 3, 4, 4)
+    x = torch.rand(2, 3, 4, 4)
+    raw = AttackSpec("cls", eps=0.1, step_size=0.01, steps=1, transforms=("si",), si_copies=4)
+    g = _input_gradient(None, x, _Linear(w), raw, None, [])
+    torch.testing.assert_close(g, w.expand_as(x) * (1 + 0.5 + 0.25 + 0.125) / 4)
+    g = _input_gradient(None, x, _Linear(w), raw.replace(si_normalise=True), None, [])
+    torch.testing.assert_close(g, w.expand_as(x) / w.abs().mean())  # each copy's s cancels in its L1 norm
+
+
+def test_di_copies_draw_different_transforms_and_default_specs_keep_their_keys():
+    from advlib.attacks.engine import _input_gradient, image_generators
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 16, 16)
+    obj = _Linear(torch.randn(1, 3, 16, 16))
+    one = AttackSpec("cls", eps=0.1, step_size=0.01, steps=1, transforms=("di",), di_prob=1.0)
+    four = one.replace(di_copies=4)
+    g1 = [_input_gradient(None, x, obj, one, None, image_generators(x, 0)) for _ in range(1)][0]
+    gens = image_generators(x, 0)
+    g4 = _input_gradient(None, x, obj, four, None, gens)
+    # the first of the four draws is the one-copy draw; the average of four differs from it
+    singles = [_input_gradient(None, x, obj, one, None, g) for g in [image_generators(x, 0)] for _ in range(4)]
+    torch.testing.assert_close(singles[0], g1)
+    torch.testing.assert_close(g4, torch.stack(singles).mean(0))
+    assert not torch.allclose(g4, g1)
+    # fields added later stay out of the key at their defaults
+    d = one.to_dict()
+    assert "di_copies" not in d and "si_normalise" not in d and four.to_dict()["di_copies"] == 4
+    with pytest.raises(ValueError, match="di_copies"):
+        one.replace(di_copies=0)
+
+
+def test_rad_presets():
+    from advlib.attacks import PRESETS
+
+    rad, si = PRESETS["RAD"], PRESETS["RAD-SI"]
+    assert (rad.objective, rad.eps, rad.step_size, rad.steps, rad.update, rad.random_start) == \
+        ("rad", 16 / 255, 2 / 255, 10, "l1", False)
+    assert si.transforms == ("si",) and si.si_copies == 4 and si.si_normalise

@@ -44,6 +44,10 @@ class AttackSpec:
         momentum: MI-FGSM decay μ (0 = none).
         transforms: subset of ``di``, ``ti``, ``si``.
         di_prob, ti_kernel, si_copies: transformation settings.
+        di_copies: DI draws this many transformed copies per step and averages their gradients
+            (Xie et al.'s and RAD's 4; 1 = one copy, the earlier behaviour).
+        si_normalise: L1-normalise each SI copy's gradient before averaging (RAD's official
+            ``calculate_direction``); off: the raw gradients are averaged.
         early_stop: stop images whose objective reports success.
         seed: seeds random starts and transformations.
         params: objective parameters (e.g. ``beta``), as a sorted tuple of pairs.
@@ -61,6 +65,8 @@ class AttackSpec:
     di_prob: float = 0.5
     ti_kernel: int = 5
     si_copies: int = 3
+    di_copies: int = 1
+    si_normalise: bool = False
     early_stop: bool = False
     seed: int = 0
     params: tuple = field(default=())
@@ -80,6 +86,8 @@ class AttackSpec:
             raise ValueError(f"unknown transforms {bad}; expected a subset of {TRANSFORMS}")
         if self.momentum < 0:
             raise ValueError(f"momentum must be >= 0, got {self.momentum}")
+        if self.di_copies < 1 or self.si_copies < 1:
+            raise ValueError(f"di_copies and si_copies must be >= 1, got {self.di_copies}, {self.si_copies}")
 
     @property
     def kwargs(self) -> dict:
@@ -93,6 +101,9 @@ class AttackSpec:
     def to_dict(self) -> dict:
         """JSON-friendly view with ε and step also in pixel units (``eps_px = eps * 255``)."""
         d = dataclasses.asdict(self)
+        for name in _LATER_FIELDS:  # at their defaults they stay out, so earlier cache keys hold
+            if d[name] == _LATER_FIELDS[name]:
+                del d[name]
         d["transforms"] = list(self.transforms)
         d["params"] = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in self.params}
         d["eps_px"] = round(self.eps * self.pixel_scale, 4)
@@ -103,6 +114,10 @@ class AttackSpec:
         """Short human label, e.g. ``PGD-10 cls ε=8/255``."""
         kind = "FGSM" if self.steps == 1 and not self.random_start else f"PGD-{self.steps}"
         return f"{kind} {self.objective} ε={self.eps * self.pixel_scale:g}/{self.pixel_scale}"
+
+
+#: fields added after caches were keyed on ``to_dict()``, with the defaults that leave a key unchanged
+_LATER_FIELDS = {"di_copies": 1, "si_normalise": False}
 
 
 def image_generators(images: Tensor, seed: int) -> list[torch.Generator]:
@@ -231,9 +246,11 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
 
 
 def _input_gradient(model, x_adv: Tensor, objective, spec: AttackSpec, state, gens, with_done: bool = False):
-    """Gradient of ``sum_b loss_b`` w.r.t. the input, averaged over DI/SI copies (and, with
-    ``with_done``, the objective's per-image success at ``x_adv`` from the same forward pass)."""
-    copies = [1.0 / 2**i for i in range(spec.si_copies)] if "si" in spec.transforms else [1.0]
+    """Gradient of ``sum_b loss_b`` w.r.t. the input, averaged over DI/SI copies (each SI copy's
+    L1-normalised first with ``spec.si_normalise``; ``spec.di_copies`` DI draws per scale) and,
+    with ``with_done``, the objective's per-image success at ``x_adv`` from the same forward pass."""
+    scales = [1.0 / 2**i for i in range(spec.si_copies)] if "si" in spec.transforms else [1.0]
+    copies = [s for s in scales for _ in range(spec.di_copies if "di" in spec.transforms else 1)]
     total = torch.zeros_like(x_adv)
     done = None
     for scale in copies:
@@ -249,7 +266,7 @@ def _input_gradient(model, x_adv: Tensor, objective, spec: AttackSpec, state, ge
             if loss.dim() != 1 or loss.shape[0] != x_adv.shape[0]:
                 raise ValueError(f"objective must return a per-image loss [B], got {tuple(loss.shape)}")
             (g,) = torch.autograd.grad(loss.sum(), xa)
-        total += g
+        total += _normalise(g, "l1") if spec.si_normalise and "si" in spec.transforms else g
     return (total / len(copies), done) if with_done else total / len(copies)
 
 

@@ -54,6 +54,12 @@ PRESETS.add("RAP-shape", AttackSpec("rap", EPS, STEP, 20, random_start=False, pa
 PRESETS.add("Dfool", AttackSpec("dfool", 16 / 255, STEP, 10, random_start=False, update="l1"))
 PRESETS.add("Loc", AttackSpec("shrink", 16 / 255, STEP, 10, random_start=False, update="l1"))
 PRESETS.add("RAD-PGD", pgd("multibox", eps=16 / 255))
+# RAD (Chen et al.): 10 mean-L1-normalised steps of 2/255 within 16/255 on the relevance of the top-20
+# boxes' classes, no random start; RAD-SI adds the official scale copies x * 0.5^i, i = 0..3, each
+# gradient L1-normalised before the average (the paper's Table 3 RAD)
+PRESETS.add("RAD", AttackSpec("rad", 16 / 255, STEP, 10, random_start=False, update="l1"))
+PRESETS.add("RAD-SI", AttackSpec("rad", 16 / 255, STEP, 10, random_start=False, update="l1", transforms=("si",),
+                                 si_copies=4, si_normalise=True))
 
 
 def preset(name: str, **changes) -> AttackSpec:

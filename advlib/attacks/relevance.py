@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from advlib.attacks.lrp import EPS, input_bounds, trace
+from advlib.attacks.objectives import OBJECTIVES, Objective
 from advlib.losses import class_scores
 
 #: node kinds (paper Table 1) -> the box-offset columns they attack (None: the class logit)
@@ -263,5 +264,30 @@ def rad_loss(model: nn.Module, images: Tensor, *, fallback_weight: float = 1e-21
     return loss
 
 
-__all__ = ["KINDS", "MODES", "RelevanceMaps", "initial_relevance", "rad_loss", "relevance_map", "select_nodes",
+class RADObjective(Objective):
+    """RAD (paper Sec. 3): maximise ``−rad_loss``, i.e. suppress the positive relevance of the
+    selected nodes, re-selected at every step (static top-``m`` or dynamic ``threshold``, of
+    ``kind``). The fallback term's box ranking is fixed once on the clean image, as the official
+    code. Keyword arguments are :func:`sglrp`'s node and map settings."""
+
+    name = "rad"
+
+    def __init__(self, kind: str = "cls", m: int | None = 20, threshold: float | None = None,
+                 mode: str = "official", target_weight: str = "prob", fallback_weight: float = 1e-21) -> None:
+        _check(kind, mode, target_weight)
+        self.map_kwargs = dict(kind=kind, m=m, threshold=threshold, mode=mode, target_weight=target_weight)
+        self.fallback_weight = fallback_weight
+
+    def prepare(self, model, images: Tensor, targets=None, spec=None, matched=None) -> Tensor:
+        with torch.no_grad():
+            conf = class_scores(model(images)).max(-1).values  # [B, A]
+        return conf.topk(min(3000, conf.shape[1]), dim=1).indices
+
+    def loss(self, model, x: Tensor, state: Tensor) -> Tensor:
+        return -rad_loss(model, x, fallback_weight=self.fallback_weight, fallback_index=state, **self.map_kwargs)
+
+
+OBJECTIVES.add("rad", RADObjective)
+
+__all__ = ["KINDS", "MODES", "RADObjective", "RelevanceMaps", "initial_relevance", "rad_loss", "relevance_map", "select_nodes",
            "sglrp"]
