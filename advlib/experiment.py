@@ -294,6 +294,33 @@ class Experiment:
         model.zoo_key = meta["key"]  # identifies it in result and transfer-set cache keys
         return TrainedModel(model.to(self.device).eval(), meta)
 
+    def clean_recipe(self, arch: str = "ssd", backbone: str | None = None, seed: int | None = None,
+                     cached_only: bool = False) -> tuple[Recipe, TrainConfig] | None:
+        """``(recipe, schedule)`` of a detector family's clean model (:meth:`vanilla`), also the
+        parent to pass when fine-tuning it; ``None`` with ``cached_only`` when its STD source is
+        not cached."""
+        from advlib.profiles import family_schedule
+        from advlib.recipes import PretrainedBackbone
+
+        seed = self.seed if seed is None else seed
+        cfg = dataclasses.replace(family_schedule(self.profile, arch), seed=seed)
+        if arch == "ssd":
+            return make_recipe("std"), cfg
+        source = self.trained("std", backbone, seed, cached_only=cached_only)
+        return None if source is None else (PretrainedBackbone(source.model, source.key), cfg)
+
+    def vanilla(self, arch: str = "ssd", backbone: str | None = None, seed: int | None = None,
+                cached_only: bool = False) -> TrainedModel | None:
+        """The clean (vanilla) detector of family ``arch`` from the zoo, shared by every notebook:
+        the SSD is STD; another family starts from the backbone of the STD model of the same backbone
+        and seed (our stand-in for the papers' ImageNet-pretrained backbones,
+        :class:`~advlib.recipes.PretrainedBackbone`) and trains with the clean loss on the whole
+        split with its schedule (:data:`advlib.profiles.FAMILY_SCHEDULES`)."""
+        rc = self.clean_recipe(arch, backbone, seed, cached_only)
+        if rc is None:
+            return None
+        return self.trained(rc[0], backbone, seed, cfg=rc[1], cached_only=cached_only, arch=arch)
+
     def model(self, *args, **kwargs) -> SSDDetector:
         """:meth:`trained`'s detector alone."""
         return self.trained(*args, **kwargs).model

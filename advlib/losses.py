@@ -15,11 +15,14 @@ two halves. Object-wise / class-wise reducers for CWAT live with the attacks, bu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from advlib.registry import Registry
 
 
 @dataclass
@@ -152,10 +155,16 @@ def match_targets(model, targets: list[dict[str, Tensor]]) -> Matched:
     return match(targets) if callable(match) else match_anchors(model.anchors, targets, model.box_coder)
 
 
+#: output family (an output's ``family`` attribute) -> ``terms(output, matched) -> Terms`` for every
+#: family but the SSD's softmax one; a model module registers its family beside its output type
+FAMILY_TERMS: Registry[Callable[..., Terms]] = Registry(
+    "output family", hint="the model module that defines the output registers its terms")
+
+
 def multibox_terms(output, matched: Matched, neg_pos_ratio: float = 3.0) -> Terms:
     """Per-anchor loss terms of a dense detector's outputs: the SSD's (softmax cross-entropy,
-    smooth L1, 3:1 hard negatives), or RetinaNet's (:func:`focal_terms`) when the output says
-    ``family == "focal"``.
+    smooth L1, 3:1 hard negatives), or those of the output's family (:data:`FAMILY_TERMS`; e.g.
+    RetinaNet's :func:`focal_terms` when ``family == "focal"``).
 
     Args:
         output: ``DenseOutput`` with ``cls_logits [B, A, C+1]`` and ``box_deltas [B, A, 4]``.
@@ -166,8 +175,9 @@ def multibox_terms(output, matched: Matched, neg_pos_ratio: float = 3.0) -> Term
         :class:`Terms`. Hard negatives are the non-positive anchors with the largest
         classification loss, ``neg_pos_ratio * N_pos`` of them per image (chosen without gradient).
     """
-    if getattr(output, "family", "softmax") == "focal":
-        return focal_terms(output, matched)
+    family = getattr(output, "family", "softmax")
+    if family != "softmax":
+        return FAMILY_TERMS[family](output, matched)
     logits, deltas = output.cls_logits, output.box_deltas
     b, a, k = logits.shape
     if matched.labels.shape != (b, a):
@@ -211,13 +221,28 @@ def focal_terms(output, matched: Matched, alpha: float = 0.25, gamma: float = 2.
                  matched.object_labels, pos.sum(1).to(cls.dtype))
 
 
+FAMILY_TERMS.add("focal", focal_terms)
+
+
+#: output families whose classes are independent sigmoids (RetinaNet's focal head, FCOS)
+SIGMOID_FAMILIES = ("focal", "fcos")
+
+
+def sigmoid_family(output) -> bool:
+    """Whether a dense output scores each class with its own sigmoid (:data:`SIGMOID_FAMILIES`)
+    rather than a softmax over ``C+1`` logits."""
+    return getattr(output, "family", "softmax") in SIGMOID_FAMILIES
+
+
 def class_scores(output) -> Tensor:
     """Foreground class probabilities ``[B, A, C]`` of a dense output, as its family's
-    post-processing scores them: softmax over the ``C+1`` logits (SSD) or each class's own sigmoid
-    (RetinaNet, ``family == "focal"``)."""
+    post-processing scores them: softmax over the ``C+1`` logits (SSD, Faster R-CNN's ROI head),
+    each class's own sigmoid (RetinaNet), or FCOS's ``sqrt(sigmoid(class) · sigmoid(centre-ness))``."""
     logits = output.cls_logits
-    if getattr(output, "family", "softmax") == "focal":
-        return torch.sigmoid(logits[..., 1:])
+    if sigmoid_family(output):
+        p = torch.sigmoid(logits[..., 1:])
+        centerness = getattr(output, "centerness", None)
+        return p if centerness is None else torch.sqrt(p * torch.sigmoid(centerness))
     return torch.softmax(logits, dim=-1)[..., 1:]
 
 

@@ -56,6 +56,42 @@ class AdversarialRecipe:
         return {"recipe": self.name, "attack": self.attack_spec.to_dict(), "clean_weight": self.clean_weight}
 
 
+class PretrainedBackbone:
+    """A recipe whose model starts from another trained detector's backbone: our stand-in for the
+    ImageNet-pretrained backbones every paper's detectors start from (no downloads here; the source
+    is a detector trained on the same data, e.g. the STD SSD of the same seed). Trains with
+    ``inner`` (default: STD); the source model's cache key enters the spec, so the model is
+    retrained when its source changes.
+
+    Args:
+        source: the trained detector whose backbone is copied (any family: :func:`backbone_of`).
+        source_key: its model-cache key.
+        inner: the recipe that trains (its name is this recipe's name).
+    """
+
+    def __init__(self, source, source_key: str, inner: Recipe | None = None) -> None:
+        from advlib.models import backbone_of
+
+        self.inner = inner or StandardRecipe()
+        self.name = self.inner.name
+        self.source_key = str(source_key)
+        self._state = {k: v.detach().clone() for k, v in backbone_of(source).state_dict().items()}
+
+    def __call__(self, model, images: Tensor, targets: list[dict]) -> Tensor:
+        return self.inner(model, images, targets)
+
+    def prepare_model(self, model):
+        """Copy the source's backbone into a freshly built model (the cache then loads a trained
+        model's own weights over it)."""
+        from advlib.models import backbone_of
+
+        backbone_of(model).load_state_dict(self._state)
+        return model
+
+    def spec(self) -> dict:
+        return {**self.inner.spec(), "backbone_from": self.source_key}
+
+
 class FreeAdversarialRecipe:
     """Free adversarial training (Shafahi et al. 2019; CWAT Algorithm 1): each minibatch is
     replayed ``replays`` times by the training loop; per replay one forward pass at ``x + δ`` in
@@ -138,4 +174,4 @@ def make_recipe(name: str, **params) -> Recipe:
     return RECIPES.build(name, **params)
 
 
-__all__ = ["AdversarialRecipe", "FreeAdversarialRecipe", "RECIPES", "make_recipe"]
+__all__ = ["AdversarialRecipe", "FreeAdversarialRecipe", "PretrainedBackbone", "RECIPES", "make_recipe"]

@@ -1,4 +1,5 @@
-"""Benchmarks (``make bench``): training step, evaluation throughput, PGD step vs training step,
+"""Benchmarks (``make bench``): training step, evaluation throughput, PGD step vs training step, one RAD
+gradient (relevance map and its input gradient) vs the PGD step,
 and CWAT-fast against MTD-PGD10 (wall time per epoch and over the whole schedule, E epochs
 against E/m, with the passes per iteration counted as they run).
 
@@ -24,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from advlib.attacks import pgd  # noqa: E402
+from advlib.attacks import PRESETS, pgd  # noqa: E402
 from advlib.attacks.engine import run_attack  # noqa: E402
 from advlib.attacks import make_objective  # noqa: E402
 from advlib.data import collate  # noqa: E402
@@ -114,6 +115,11 @@ def main(argv=None) -> dict:
     t_train = timeit(train_step, dev, args.repeats)
     t_pgd = timeit(pgd_step, dev, args.repeats)
     t_match = timeit(match_only, dev, args.repeats)
+    # one RAD gradient (relevance map + its input gradient, one copy, no SI) as one engine step
+    rad_spec = PRESETS["RAD"].replace(steps=1)
+    rad_objective = make_objective(rad_spec)
+    rad_state = rad_objective.prepare(model, images, None)
+    t_rad = timeit(lambda: run_attack(model, images, rad_objective, rad_spec, rad_state), dev, args.repeats)
     eval_images, eval_targets = exp.eval_data
     n_eval = min(256, eval_images.shape[0])
     model.eval()
@@ -125,6 +131,7 @@ def main(argv=None) -> dict:
         "forward_backward_s": t_fb,
         "pgd_step_s": t_pgd, "pgd_step_over_forward_backward": t_pgd / t_fb,
         "anchor_matching_s": t_match,
+        "rad_step_s": t_rad, "rad_step_over_pgd_step": t_rad / t_pgd,
         "eval_images": n_eval, "eval_s_per_image": t_eval / n_eval, "eval_images_per_s": n_eval / t_eval,
     }
     res.update(fast_training_speedup(exp, args.cost_images, args.cost_epochs))

@@ -63,7 +63,7 @@ print(note)
 
 # %% [markdown]
 # ## Vanilla models (2 architectures × seeds)
-# The vanilla SSD is notebook 00/01's STD model of each seed (from the model cache); the vanilla RetinaNet trains with the profile's STD schedule for `retinanet_epochs` epochs. Every vanilla model should reach clean mAP@0.5 ≥ 0.6 on the test split (the issue's bar, checked below on all test images).
+# The vanilla SSD is notebook 00/01's STD model of each seed (from the model cache); the vanilla RetinaNet (one convolution per head, a 64-channel FPN) starts from that STD model's backbone, our stand-in for the paper's ImageNet-pretrained backbones (nothing can be downloaded here), and trains with the clean focal loss on the whole split (`advlib.profiles.FAMILY_SCHEDULES`: 4 epochs of 16 images at AdamW lr 1e-3 in the default profile; `Experiment.vanilla`, shared with notebook 05). Every vanilla model should reach clean mAP@0.5 ≥ 0.6 on the test split (the issue's bar, checked below on all test images).
 
 # %%
 t0 = time.perf_counter()

@@ -101,3 +101,17 @@ def test_matched_indexing_selects_images():
                                    {"boxes": torch.tensor([[80., 80, 100, 100]]), "labels": torch.tensor([2])}], CODER)
     sub = m[1:]
     assert isinstance(sub, Matched) and sub.labels.tolist() == [[0, 0, 0, 2]]
+
+
+def test_class_scores_follow_each_familys_post_processing_by_hand():
+    from types import SimpleNamespace
+
+    from advlib.losses import class_scores
+
+    logits = torch.tensor([[[0.0, math.log(3.0), 0.0]]])  # [1, 1, C+1 = 3]
+    soft = class_scores(SimpleNamespace(cls_logits=logits))  # softmax over 1 + 3 + 1
+    torch.testing.assert_close(soft, torch.tensor([[[3 / 5, 1 / 5]]]))
+    focal = class_scores(SimpleNamespace(cls_logits=logits, family="focal"))  # sigmoid: 3/4, 1/2
+    torch.testing.assert_close(focal, torch.tensor([[[0.75, 0.5]]]))
+    fcos = class_scores(SimpleNamespace(cls_logits=logits, family="fcos", centerness=torch.tensor([[[0.0]]])))
+    torch.testing.assert_close(fcos, torch.tensor([[[math.sqrt(0.75 * 0.5), math.sqrt(0.25)]]]))

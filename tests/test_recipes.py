@@ -75,3 +75,41 @@ def test_adversarial_examples_are_harder_than_clean(batch):
     with torch.no_grad():
         assert ssd_loss(multibox_terms(model(adv), m)).sum() > ssd_loss(multibox_terms(model(x), m)).sum()
     assert isinstance(make_recipe("con"), AdversarialRecipe)
+
+
+# ------------------------------------------------- pretrained backbones for other families
+def test_pretrained_backbone_copies_the_source_backbone_into_any_family_and_keys_on_its_source():
+    from advlib.models import backbone_of, build_detector, build_ssd
+    from advlib.recipes import PretrainedBackbone
+    from advlib.train import StandardRecipe
+
+    torch.manual_seed(0)
+    source = build_ssd("tiny_vgg", 3, 64)
+    recipe = PretrainedBackbone(source, "abc123")
+    assert recipe.name == "std" and recipe.spec() == {**StandardRecipe().spec(), "backbone_from": "abc123"}
+    torch.manual_seed(1)
+    fresh = build_detector("retinanet", "tiny_vgg", 3, 64)
+    before = {k: v.clone() for k, v in backbone_of(fresh).state_dict().items()}
+    model = recipe.prepare_model(fresh)
+    src = source.backbone.state_dict()
+    got = backbone_of(model).state_dict()
+    assert set(got) == set(src) and all(torch.equal(got[k], src[k]) for k in src)
+    assert any(not torch.equal(before[k], src[k]) for k in src if src[k].is_floating_point())
+    # the head is untouched, and the recipe trains with the clean loss
+    x = torch.rand(2, 3, 64, 64)
+    t = [{"boxes": torch.tensor([[4., 4., 30., 30.]]), "labels": torch.tensor([1])}] * 2
+    torch.testing.assert_close(recipe(model, x, t), StandardRecipe()(model, x, t))
+    with pytest.raises(TypeError, match="no backbone"):
+        backbone_of(torch.nn.Linear(2, 2))
+
+
+def test_family_schedules_change_only_other_families():
+    from advlib.profiles import FAMILY_SCHEDULES, family_schedule, get_profile
+
+    prof = get_profile("default")
+    assert family_schedule(prof, "ssd") == prof.train
+    retina = family_schedule(prof, "retinanet")
+    assert (retina.epochs, retina.batch_size, retina.lr) == (4, 16, 1e-3) == tuple(
+        FAMILY_SCHEDULES["default"]["retinanet"][k] for k in ("epochs", "batch_size", "lr"))
+    assert retina.optimizer == prof.train.optimizer and family_schedule(get_profile("voc"), "retinanet") == \
+        get_profile("voc").train

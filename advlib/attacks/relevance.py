@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from advlib.attacks.lrp import EPS, input_bounds, trace
 from advlib.attacks.objectives import OBJECTIVES, Objective
-from advlib.losses import class_scores
+from advlib.losses import class_scores, sigmoid_family
 
 #: node kinds (paper Table 1) -> the box-offset columns they attack (None: the class logit)
 KINDS: dict[str, tuple[int, int] | None] = {"cls": None, "size": (2, 3), "loc": (0, 1)}
@@ -66,7 +66,7 @@ SCALINGS = ("output", "map", "none")
 
 
 def _focal(output) -> bool:
-    return getattr(output, "family", "softmax") == "focal"
+    return sigmoid_family(output)
 
 
 def _check(kind: str, mode: str, target_weight: str) -> None:

@@ -48,4 +48,20 @@ class Detector(Protocol):
     def train(self, mode: bool = True): ...
 
 
-__all__ = ["Detector"]
+def backbone_of(model):
+    """The feature extractor of a detector of any family: our SSD's ``backbone``, or the body under
+    the FPN of a wrapped torchvision detector (``model.net.backbone.body``: RetinaNet, FCOS, Faster
+    R-CNN), the same module type for the same backbone name.
+
+    Raises:
+        TypeError: a model with neither (naming its type).
+    """
+    net = getattr(model, "net", None)
+    body = getattr(getattr(net, "backbone", None), "body", None) if net is not None else getattr(model, "backbone", None)
+    if body is None:
+        raise TypeError(f"{type(model).__name__} has no backbone this library knows (model.backbone or "
+                        f"model.net.backbone.body)")
+    return body
+
+
+__all__ = ["Detector", "backbone_of"]

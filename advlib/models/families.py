@@ -4,16 +4,24 @@ MagNet's reformer, which lives in the same model cache."""
 
 from __future__ import annotations
 
+from functools import partial
+
+from advlib.models.faster_rcnn import build_faster_rcnn
+from advlib.models.fcos import build_fcos
 from advlib.models.magnet import AutoEncoder
 from advlib.models.retinanet import build_retinanet
 from advlib.models.ssd import build_ssd
 from advlib.registry import Registry
 
 #: model family -> ``builder(backbone, num_classes, image_size, pretrained_backbone=False)``: the
-#: detectors (``ssd``, ``retinanet``) and MagNet's reformer (``magnet-reformer``)
+#: detectors (``ssd``, ``retinanet``, ``fcos``, ``faster_rcnn``) and MagNet's reformer (``magnet-reformer``)
 ARCHITECTURES: Registry = Registry("detector architecture")
 ARCHITECTURES.add("ssd", build_ssd)
-ARCHITECTURES.add("retinanet", build_retinanet)
+# our RetinaNet has one convolution per head (torchvision's has 4): on 2 CPU cores it trains in
+# 546 s for 6 epochs instead of 846 s and reached a higher mAP (0.18 against 0.14 from scratch)
+ARCHITECTURES.add("retinanet", partial(build_retinanet, head_convs=1))
+ARCHITECTURES.add("fcos", build_fcos)
+ARCHITECTURES.add("faster_rcnn", build_faster_rcnn)
 # not a detector: MagNet's reformer, kept in the same model cache (it ignores backbone and classes)
 ARCHITECTURES.add("magnet-reformer", lambda backbone, num_classes, image_size, pretrained_backbone=False: AutoEncoder())
 

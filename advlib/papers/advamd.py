@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from advlib.papers.advamd_claims import TABLE3_ORDER
+from advlib.profiles import family_schedule
 from advlib.papers.advamd_recipes import (EPSILONS, PGD_STEP_FRACTION, PGD_STEPS, PHI, SOURCE, AdvAmdRecipe,
                                           DistillRecipe, ReconstructionRecipe, Stage1, attack_difficulty,
                                           cached_stage1, compute_stage1, object_predictions,
@@ -29,8 +30,6 @@ class AdvAmdBudget:
     """Notebook 04's budget.
 
     Attributes:
-        retinanet_epochs: the vanilla RetinaNet's epochs on the whole split (the profile's STD
-            schedule otherwise; the vanilla SSD *is* the STD model of notebooks 00/01).
         train_images: the fixed training subset stage 1 attacks and every stage-2 model,
             defence and control fine-tunes on (augmentation off: δ belongs to the image).
         epochs: fine-tuning epochs of AdvAmd, the defences and the benign control (the paper
@@ -48,7 +47,6 @@ class AdvAmdBudget:
         white_box_images, white_box_steps: the beyond-the-paper white-box table.
     """
 
-    retinanet_epochs: int
     train_images: int
     epochs: int
     eval_images: int
@@ -65,7 +63,7 @@ class AdvAmdBudget:
     white_box_steps: int = 10
 
     def __post_init__(self) -> None:
-        if min(self.retinanet_epochs, self.train_images, self.epochs, self.eval_images, self.batch_size,
+        if min(self.train_images, self.epochs, self.eval_images, self.batch_size,
                self.magnet_epochs, self.magnet_val_images, self.white_box_images, self.white_box_steps) < 1:
             raise ValueError(f"invalid AdvAmd budget {self}")
         if not self.seeds or not 0 < self.magnet_fpr < 1 or self.temperature <= 0:
@@ -78,11 +76,11 @@ class AdvAmdBudget:
 
 BUDGETS = {
     # CI plumbing: tiny subsets, one fine-tuning epoch
-    "smoke": AdvAmdBudget(retinanet_epochs=2, train_images=16, epochs=1, eval_images=8, seeds=(0,), batch_size=8,
+    "smoke": AdvAmdBudget(train_images=16, epochs=1, eval_images=8, seeds=(0,), batch_size=8,
                           settings=(("FGSM", 0.01),), table3_settings=(),
                           magnet_epochs=1, magnet_val_images=16, white_box_images=4, white_box_steps=2),
-    "default": AdvAmdBudget(retinanet_epochs=6, train_images=256, epochs=2, eval_images=200, seeds=(0, 1, 2)),
-    "voc": AdvAmdBudget(retinanet_epochs=24, train_images=5011, epochs=4, eval_images=4952, seeds=(0,),
+    "default": AdvAmdBudget(train_images=256, epochs=2, eval_images=200, seeds=(0, 1, 2)),
+    "voc": AdvAmdBudget(train_images=5011, epochs=4, eval_images=4952, seeds=(0,),
                         magnet_epochs=10, magnet_val_images=500, white_box_images=500),
 }
 
@@ -96,20 +94,14 @@ def budget(profile_name: str) -> AdvAmdBudget:
     return BUDGETS.get(profile_name, BUDGETS["default"])
 
 
-def _vanilla_cfg(exp, ab: AdvAmdBudget, arch: str, seed: int):
-    from advlib.train import TrainConfig
-
-    cfg = TrainConfig.from_profile(exp.profile, seed=seed)
-    return None if arch == "ssd" else dataclasses.replace(cfg, epochs=ab.retinanet_epochs)
-
-
 def vanilla(exp, ab: AdvAmdBudget, arch: str, seed: int | None = None):
-    """The vanilla model of an architecture and seed from the zoo: the SSD is the STD model
-    (notebooks 00/01), RetinaNet trains with the profile's STD schedule for ``retinanet_epochs``."""
+    """The vanilla model of an architecture and seed from the zoo (:meth:`Experiment.vanilla`, shared
+    with the other notebooks): the SSD is the STD model of notebooks 00/01; RetinaNet starts from
+    that STD model's backbone (our stand-in for the paper's ImageNet-pretrained backbones) and trains
+    with the clean loss on the whole split."""
     if arch not in ARCH_NAMES:
         raise ValueError(f"unknown AdvAmd architecture {arch!r}; expected one of {sorted(ARCH_NAMES)}")
-    seed = exp.seed if seed is None else seed
-    return exp.trained("std", seed=seed, cfg=_vanilla_cfg(exp, ab, arch, seed), arch=arch)
+    return exp.vanilla(arch, seed=exp.seed if seed is None else seed)
 
 
 def finetune_config(exp, ab: AdvAmdBudget, seed: int):
@@ -127,8 +119,9 @@ def stage1(exp, ab: AdvAmdBudget, arch: str, kind: str, eps: float, seed: int | 
 def fine_tuned(exp, ab: AdvAmdBudget, arch: str, recipe, seed: int | None = None):
     """A model fine-tuned from the vanilla one with ``recipe`` on the stage-1 subset (zoo)."""
     seed = exp.seed if seed is None else seed
-    return exp.trained(recipe, parent="std", parent_cfg=_vanilla_cfg(exp, ab, arch, seed), seed=seed,
-                       cfg=finetune_config(exp, ab, seed), train_images=ab.train_images, arch=arch)
+    parent, parent_cfg = exp.clean_recipe(arch, seed=seed)
+    return exp.trained(recipe, parent=parent, parent_cfg=parent_cfg, seed=seed, cfg=finetune_config(exp, ab, seed),
+                       train_images=ab.train_images, arch=arch)
 
 
 def defence_recipe(defence: str, s1: Stage1 | None, ab: AdvAmdBudget, switches: tuple[bool, bool, bool] = (True, True, True)):
@@ -175,7 +168,8 @@ def reductions(exp, ab: AdvAmdBudget) -> str:
     """What this budget changes from the paper, in one line (printed beside every table)."""
     n = min(ab.train_images, len(exp.train_set))
     return (f"Budget: two small detectors on {exp.profile.name} data (the paper: Faster R-CNN, SSD, RetinaNet, "
-            f"YOLO-V5 with ResNet-50 on COCO); vanilla SSD = STD, vanilla RetinaNet {ab.retinanet_epochs} epochs; "
+            f"YOLO-V5 with ResNet-50 on COCO); vanilla SSD = STD, vanilla RetinaNet (one conv per head, 64-channel FPN) from STD's "
+            f"backbone, {family_schedule(exp.profile, 'retinanet').epochs} epochs; "
             f"stage 1 and every fine-tune on {n} of {len(exp.train_set)} training images, {ab.epochs} epoch(s) "
             f"of {ab.batch_size} (the paper: until the loss falls below σ); PGD {PGD_STEPS} steps of ε/4 "
             f"(the paper: ART, steps not given); evaluated on {ab.eval_images} test images; seeds "

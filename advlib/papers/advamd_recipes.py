@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advlib.attacks import AttackSpec, attack, fgsm, pgd
-from advlib.losses import Terms, class_scores, match_targets, multibox_terms, ssd_loss
+from advlib.losses import Terms, class_scores, match_targets, multibox_terms, sigmoid_family, ssd_loss
 from advlib.models.auxbn import add_auxiliary_bn, use_bn
 from advlib.utils import eval_mode, model_device, targets_to
 
@@ -305,7 +305,7 @@ def soft_class_loss(student, teacher, temperature: float) -> Tensor:
     student's softmax against the teacher's for the SSD family, binary cross-entropy of each class's
     sigmoid (column 0 excluded) for RetinaNet's focal family."""
     t = float(temperature)
-    if getattr(student, "family", "softmax") == "focal":
+    if sigmoid_family(student):
         target = torch.sigmoid(teacher.cls_logits[..., 1:] / t)
         return F.binary_cross_entropy_with_logits(student.cls_logits[..., 1:] / t, target,
                                                   reduction="none").sum(-1) * t * t
