@@ -409,3 +409,42 @@ def test_rad_presets():
     assert (rad.objective, rad.eps, rad.step_size, rad.steps, rad.update, rad.random_start) == \
         ("rad", 16 / 255, 2 / 255, 10, "l1", False)
     assert si.transforms == ("si",) and si.si_copies == 4 and si.si_normalise
+
+
+def test_gaussian_noise_is_seeded_per_image_clipped_and_of_its_sigma():
+    from advlib.attacks import PRESETS
+
+    torch.manual_seed(0)
+    x = torch.full((2, 3, 64, 64), 0.5)
+    x[1] = torch.rand(3, 64, 64)
+    spec = PRESETS["Gaussian"]
+    a = attack(None, x, None, spec)
+    assert torch.equal(a, attack(None, x, None, spec))  # deterministic
+    assert torch.equal(a[1:], attack(None, x[1:], None, spec))  # per image
+    d = (a[0] - x[0]).flatten()  # far from the [0, 1] clip at 0.5
+    assert abs(float(d.std()) - 9 / 255) < 0.05 * 9 / 255 and abs(float(d.mean())) < 0.002
+    assert a.min() >= 0 and a.max() <= 1
+    small = attack(None, x, None, spec.replace(eps=2 / 255))
+    assert float((small - x).abs().max()) <= 2 / 255 + 1e-7
+
+
+def test_dag_top_attacks_the_most_confident_clean_boxes_without_ground_truth(model, batch):
+    from advlib.losses import class_scores
+
+    x, _ = batch
+    spec = AttackSpec("dag", 16 / 255, 2 / 255, 2, random_start=False, update="l1",
+                      params=(("boxes", "top"), ("top_k", 7)))
+    obj = make_objective(spec)
+    state = obj.prepare(model, x, None, spec)
+    with torch.no_grad():
+        conf, label = class_scores(model(x)).max(-1)
+    assert state.targets.sum(1).tolist() == [7, 7, 7]
+    for b in range(3):
+        chosen = state.targets[b].nonzero().squeeze(1)
+        assert set(chosen.tolist()) == set(conf[b].topk(7).indices.tolist())
+        assert torch.equal(state.true[b, chosen], label[b, chosen] + 1)
+        assert not (state.adv[b, chosen] == state.true[b, chosen]).any()
+    adv = attack(model, x, None, spec)
+    assert float((adv - x).abs().max()) <= 16 / 255 + 1e-6
+    with pytest.raises(ValueError, match="boxes"):
+        make_objective(AttackSpec("dag", 0.1, 0.01, 1, params=(("boxes", "all"),)))

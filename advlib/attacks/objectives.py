@@ -137,13 +137,21 @@ class DAGObjective(Objective):
             the original DAG rule, once the argmax is no longer the true class; on our SSD the
             true class still keeps p ≈ 0.1 then and 97 % of objects stay detected above 0.01.
         stop_prob: the probability threshold of ``until="score"`` (``None``: the model's).
+        boxes: ``"ground_truth"`` (the anchors matched to objects) or ``"top"``: RAD's Appendix E.3
+            setting, the ``top_k`` anchors most confident on the clean image (their best class as
+            the true label; no ground truth needed), kept for the whole attack.
+        top_k: anchors attacked with ``boxes="top"`` (RAD: 3,000).
     """
 
     name = "dag"
     has_done = True
     fuses_done = True
 
-    def __init__(self, until: str = "score", stop_prob: float | None = None) -> None:
+    def __init__(self, until: str = "score", stop_prob: float | None = None, boxes: str = "ground_truth",
+                 top_k: int = 3000) -> None:
+        if boxes not in ("ground_truth", "top") or top_k < 1:
+            raise ValueError(f"DAG boxes must be 'ground_truth' or 'top' with top_k >= 1, got {boxes!r}, {top_k!r}")
+        self.boxes, self.top_k = boxes, int(top_k)
         if until not in ("score", "argmax"):
             raise ValueError(f"DAG until must be 'score' or 'argmax', got {until!r}")
         if stop_prob is not None and not 0.0 < stop_prob < 1.0:
@@ -151,19 +159,29 @@ class DAGObjective(Objective):
         self.until = until
         self.stop_prob = stop_prob
 
-    def prepare(self, model, images, targets, spec=None, matched=None) -> DAGState:
+    def _targets(self, model, images, targets, matched) -> tuple[Tensor, Tensor]:
+        """``(target mask [B, A], true label [B, A])`` by the ``boxes`` rule."""
+        if self.boxes == "top":
+            with torch.no_grad():
+                conf, label = class_scores(model(images)).max(-1)  # [B, A]
+            top = conf.topk(min(self.top_k, conf.shape[1]), dim=1).indices
+            mask = torch.zeros_like(conf, dtype=torch.bool).scatter_(1, top, True)
+            return mask, torch.where(mask, label + 1, torch.zeros_like(label))
         matched = ground_truth_matching(model, images, targets, matched, self.name)
+        return matched.positive, matched.labels.clamp(min=0)  # RetinaNet's ignored anchors (-1) are no targets
+
+    def prepare(self, model, images, targets, spec=None, matched=None) -> DAGState:
         c = model.num_classes
         if c < 2:
             raise ValueError("DAG needs at least two foreground classes to pick a wrong label")
+        mask, true = self._targets(model, images, targets, matched)
         gens = image_generators(images, 0 if spec is None else spec.seed)
-        a = matched.labels.shape[1]
+        a = true.shape[1]
         shift = torch.stack([torch.randint(1, c, (a,), generator=g) for g in gens]).to(images.device)
-        true = matched.labels.clamp(min=0)  # RetinaNet's ignored anchors (-1) are no targets
         adv = (true - 1 + shift) % c + 1  # in 1..C and never the true class
         stop = None if self.until == "argmax" else float(self.stop_prob if self.stop_prob is not None
                                                          else getattr(model, "score_thresh", 0.01))
-        return DAGState(matched.positive, true, adv, stop)
+        return DAGState(mask, true, adv, stop)
 
     def _active(self, output, state: DAGState) -> Tensor:
         logits = output.cls_logits
@@ -187,6 +205,30 @@ class DAGObjective(Objective):
 
     def done(self, model, x: Tensor, state: DAGState) -> Tensor:
         return ~self._active(model(x), state).any(1)
+
+
+# ------------------------------------------------------------------- Gaussian noise
+@OBJECTIVES.register("noise")
+class NoiseObjective(Objective):
+    """Not an attack: additive Gaussian noise of standard deviation ``sigma`` (``[0, 1]`` units),
+    drawn per image from the spec's seed and the image's bytes, clipped to ``[0, 1]`` and to the
+    spec's ε-ball (RAD's "Ablation": σ = 9/255 with ε = 1, unbounded), so that an attack's drop can
+    be told from what any perturbation of that size does."""
+
+    name = "noise"
+
+    def __init__(self, sigma: float = 9 / 255) -> None:
+        if not sigma > 0:
+            raise ValueError(f"noise sigma must be > 0, got {sigma!r}")
+        self.sigma = float(sigma)
+
+    def craft(self, model, images, targets, spec, snapshots=None, generators=None, matched=None):
+        from advlib.attacks.engine import project
+
+        gens = generators if generators is not None else image_generators(images, spec.seed)
+        noise = torch.stack([torch.randn(tuple(images.shape[1:]), generator=g) for g in gens]).to(images)
+        x = project(images.detach() + self.sigma * noise, images.detach(), spec.eps)
+        return {k: x for k in snapshots} if snapshots is not None else x
 
 
 # ----------------------------------------------------- attacks on the clean detections

@@ -58,6 +58,9 @@ PRESETS.add("RAD-PGD", pgd("multibox", eps=16 / 255))
 # boxes' classes, no random start; RAD-SI adds the official scale copies x * 0.5^i, i = 0..3, each
 # gradient L1-normalised before the average (the paper's Table 3 RAD)
 PRESETS.add("RAD", AttackSpec("rad", 16 / 255, STEP, 10, random_start=False, update="l1"))
+PRESETS.add("Gaussian", AttackSpec("noise", 1.0, 9 / 255, 1, random_start=False, params=(("sigma", 9 / 255),)))
+PRESETS.add("DAG-top", AttackSpec("dag", 16 / 255, STEP, 10, random_start=False, update="l1",
+                                  params=(("boxes", "top"), ("top_k", 3000))))
 PRESETS.add("RAD-SI", AttackSpec("rad", 16 / 255, STEP, 10, random_start=False, update="l1", transforms=("si",),
                                  si_copies=4, si_normalise=True))
 

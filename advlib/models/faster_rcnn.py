@@ -2,7 +2,7 @@
 
 :class:`FasterRCNNDetector` holds a ``torchvision.models.detection.FasterRCNN`` (``.net``) on one
 of our small backbones (batch norms that train) with a torchvision ``FeaturePyramidNetwork`` on
-its maps (:class:`~advlib.models.retinanet._FPNBackbone`).
+its maps (:class:`~advlib.models.torchvision_family.FPNBody`).
 
 A two-stage output is no single dense per-anchor tensor: the ROI head classifies the proposals the
 RPN picked for this very input, so their number and boxes change with the image. The design:
@@ -66,8 +66,7 @@ from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from advlib.losses import FAMILY_TERMS, pad_targets
 from advlib.losses_rcnn import RCNNMatched, rcnn_terms
-from advlib.models.backbones import build_backbone
-from advlib.models.retinanet import _FPNBackbone
+from advlib.models.torchvision_family import FPNBody, TorchvisionDetector, build_on_backbone
 from advlib.models.ssd import IMAGENET_MEAN, IMAGENET_STD
 from advlib.utils import eval_mode
 
@@ -118,7 +117,7 @@ def pooled_maps(map_sizes: list[int], side: int) -> list[str]:
     return [str(i) for i, lvl in enumerate(levels) if lvl <= top]
 
 
-class FasterRCNNDetector(nn.Module):
+class FasterRCNNDetector(TorchvisionDetector):
     """torchvision's Faster R-CNN behind our Detector interface (see the module docstring).
 
     Args:
@@ -144,7 +143,7 @@ class FasterRCNNDetector(nn.Module):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        body = _FPNBackbone(backbone, fpn_channels)
+        body = FPNBody(backbone, fpn_channels)
         # torchvision's transform pads every batch to a multiple of 32: so does forward()
         self.padded_size = tuple(int(math.ceil(s / 32) * 32) for s in self.image_size)
         with torch.no_grad(), eval_mode(body):
@@ -166,30 +165,14 @@ class FasterRCNNDetector(nn.Module):
         self.level_sizes = [int(f.shape[-2] * f.shape[-1]) * per_loc for f in probe]
 
     # ------------------------------------------------------------ the Detector interface
+    def _score_owner(self):
+        return self.net.roi_heads
+
     @property
     def box_coder(self):
         """The RPN's ``BoxCoder`` (weights 1, 1, 1, 1; ``model.anchors``); the ROI head's is
         ``net.roi_heads.box_coder`` (10, 10, 5, 5; the proposals)."""
         return self.net.rpn.box_coder
-
-    @property
-    def num_anchors(self) -> int:
-        return int(self.anchors.shape[0])
-
-    @property
-    def score_thresh(self) -> float:
-        return float(self.net.roi_heads.score_thresh)
-
-    @score_thresh.setter
-    def score_thresh(self, value: float) -> None:
-        self.net.roi_heads.score_thresh = float(value)
-
-    def _check_images(self, images: Tensor) -> None:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
-        if tuple(images.shape[-2:]) != self.image_size:
-            raise ValueError(f"images are {tuple(images.shape[-2:])} but the model was built for "
-                             f"{self.image_size}; resize in the dataset (size=...)")
 
     def forward(self, images: Tensor) -> RCNNOutput:
         """RPN and ROI-head outputs for images in ``[0, 1]`` (torchvision's eval forward up to
@@ -277,22 +260,12 @@ class FasterRCNNDetector(nn.Module):
             roi.score_thresh = old
         return [{"boxes": bx, "scores": s, "labels": lb} for bx, s, lb in zip(boxes, scores, labels)]
 
-    @torch.no_grad()
-    def detect(self, images: Tensor, score_thresh: float | None = None, batch_size: int = 64) -> list[dict[str, Tensor]]:
-        """Per-image detections ``{boxes [K, 4], scores [K], labels [K]}`` (mode restored)."""
-        out: list[dict[str, Tensor]] = []
-        with eval_mode(self):
-            for i in range(0, images.shape[0], batch_size):
-                out.extend(self.postprocess(self(images[i:i + batch_size]), score_thresh))
-        return out
-
 
 def build_faster_rcnn(backbone: str, num_classes: int, image_size: int | tuple[int, int],
                       pretrained_backbone: bool = False, **kwargs) -> FasterRCNNDetector:
     """A :class:`FasterRCNNDetector` on one of our backbones by name (``tiny_vgg``, ``tiny_resnet``,
     ...), for inputs of ``image_size``."""
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    return FasterRCNNDetector(build_backbone(backbone, pretrained=pretrained_backbone), num_classes, size, **kwargs)
+    return build_on_backbone(FasterRCNNDetector, backbone, num_classes, image_size, pretrained_backbone, **kwargs)
 
 
 __all__ = ["FasterRCNNDetector", "RCNNOutput", "RPN_ANCHOR_FRACTIONS", "build_faster_rcnn", "pooled_maps",

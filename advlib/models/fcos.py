@@ -2,7 +2,7 @@
 
 :class:`FCOSDetector` holds a ``torchvision.models.detection.FCOS`` (``.net``) on one of our small
 backbones (batch norms that train) with a torchvision ``FeaturePyramidNetwork`` on its maps
-(:class:`~advlib.models.retinanet._FPNBackbone`), and exposes what attacks, recipes and evaluation
+(:class:`~advlib.models.torchvision_family.FPNBody`), and exposes what attacks, recipes and evaluation
 need:
 
 * ``model(images) -> FCOSOutput(cls_logits [B, A, C+1], box_deltas [B, A, 4], centerness [B, A, 1])``:
@@ -55,8 +55,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from advlib.losses import FAMILY_TERMS, Matched, Terms, pad_targets
-from advlib.models.backbones import build_backbone
-from advlib.models.retinanet import _FPNBackbone
+from advlib.models.torchvision_family import FPNBody, TorchvisionDetector, build_on_backbone
 from advlib.models.ssd import IMAGENET_MEAN, IMAGENET_STD
 from advlib.utils import eval_mode
 
@@ -124,7 +123,7 @@ def fcos_terms(output: FCOSOutput, matched: Matched, alpha: float = 0.25, gamma:
 FAMILY_TERMS.add("fcos", fcos_terms, replace=True)
 
 
-class FCOSDetector(nn.Module):
+class FCOSDetector(TorchvisionDetector):
     """torchvision's FCOS behind our Detector interface (see the module docstring).
 
     Args:
@@ -155,7 +154,7 @@ class FCOSDetector(nn.Module):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        body = _FPNBackbone(backbone, fpn_channels)
+        body = FPNBody(backbone, fpn_channels)
         # torchvision's transform pads every batch to a multiple of 32: so does forward()
         self.padded_size = tuple(int(math.ceil(s / 32) * 32) for s in self.image_size)
         with torch.no_grad(), eval_mode(body):
@@ -176,25 +175,6 @@ class FCOSDetector(nn.Module):
     def box_coder(self):
         """torchvision's ``BoxLinearCoder`` (``encode(anchors, boxes)``, ``decode(codes, anchors)``)."""
         return self.net.box_coder
-
-    @property
-    def num_anchors(self) -> int:
-        return int(self.anchors.shape[0])
-
-    @property
-    def score_thresh(self) -> float:
-        return float(self.net.score_thresh)
-
-    @score_thresh.setter
-    def score_thresh(self, value: float) -> None:
-        self.net.score_thresh = float(value)
-
-    def _check_images(self, images: Tensor) -> None:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
-        if tuple(images.shape[-2:]) != self.image_size:
-            raise ValueError(f"images are {tuple(images.shape[-2:])} but the model was built for "
-                             f"{self.image_size}; resize in the dataset (size=...)")
 
     def forward(self, images: Tensor) -> FCOSOutput:
         """Raw head outputs for images in ``[0, 1]``.
@@ -259,22 +239,12 @@ class FCOSDetector(nn.Module):
         finally:
             self.net.score_thresh = old
 
-    @torch.no_grad()
-    def detect(self, images: Tensor, score_thresh: float | None = None, batch_size: int = 64) -> list[dict[str, Tensor]]:
-        """Per-image detections ``{boxes [K, 4], scores [K], labels [K]}`` (mode restored)."""
-        out: list[dict[str, Tensor]] = []
-        with eval_mode(self):
-            for i in range(0, images.shape[0], batch_size):
-                out.extend(self.postprocess(self(images[i:i + batch_size]), score_thresh))
-        return out
-
 
 def build_fcos(backbone: str, num_classes: int, image_size: int | tuple[int, int],
                pretrained_backbone: bool = False, **kwargs) -> FCOSDetector:
     """An :class:`FCOSDetector` on one of our backbones by name (``tiny_vgg``, ``tiny_resnet``,
     ...), for inputs of ``image_size``."""
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    return FCOSDetector(build_backbone(backbone, pretrained=pretrained_backbone), num_classes, size, **kwargs)
+    return build_on_backbone(FCOSDetector, backbone, num_classes, image_size, pretrained_backbone, **kwargs)
 
 
 __all__ = ["ANCHOR_SIZE_PER_STRIDE", "FCOSDetector", "FCOSOutput", "build_fcos", "fcos_terms"]

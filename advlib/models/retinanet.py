@@ -27,7 +27,6 @@ default ``min_size=800`` would resize our images); anchors are computed once for
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from functools import partial
 from typing import NamedTuple
 
@@ -37,10 +36,10 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import FeaturePyramidNetwork, box_iou
+from torchvision.ops import box_iou
 
 from advlib.losses import Matched, pad_targets
-from advlib.models.backbones import build_backbone
+from advlib.models.torchvision_family import FPNBody, TorchvisionDetector, build_on_backbone
 from advlib.models.ssd import IMAGENET_MEAN, IMAGENET_STD
 from advlib.utils import eval_mode
 
@@ -60,20 +59,6 @@ class FocalOutput(NamedTuple):
     family = "focal"
 
 
-class _FPNBackbone(nn.Module):
-    """Our backbone's maps through a torchvision FPN, as RetinaNet expects (an ordered dict of
-    maps with one ``out_channels``)."""
-
-    def __init__(self, body: nn.Module, channels: int) -> None:
-        super().__init__()
-        self.body = body
-        self.fpn = FeaturePyramidNetwork(list(body.out_channels), channels)
-        self.out_channels = channels
-
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
-
-
 #: anchor base sizes per map as fractions of the image side (the SSD's scales of the 4-map layout,
 #: advlib.models.ssd.default_anchor_generator); each map has 3 octave scales x 3 aspect ratios
 ANCHOR_FRACTIONS = (0.14, 0.25, 0.42, 0.65)
@@ -91,7 +76,7 @@ def anchor_generator(num_maps: int, side: int) -> AnchorGenerator:
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * num_maps)
 
 
-class RetinaNetDetector(nn.Module):
+class RetinaNetDetector(TorchvisionDetector):
     """torchvision's RetinaNet behind our Detector interface (see the module docstring).
 
     Args:
@@ -115,7 +100,7 @@ class RetinaNetDetector(nn.Module):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        body = _FPNBackbone(backbone, fpn_channels)
+        body = FPNBody(backbone, fpn_channels)
         with torch.no_grad(), eval_mode(body):
             probe = list(body(torch.zeros(1, 3, *self.image_size)).values())
         gen = anchor_generator(len(probe), min(self.image_size))
@@ -141,25 +126,6 @@ class RetinaNetDetector(nn.Module):
     @property
     def box_coder(self):
         return self.net.box_coder
-
-    @property
-    def num_anchors(self) -> int:
-        return int(self.anchors.shape[0])
-
-    @property
-    def score_thresh(self) -> float:
-        return float(self.net.score_thresh)
-
-    @score_thresh.setter
-    def score_thresh(self, value: float) -> None:
-        self.net.score_thresh = float(value)
-
-    def _check_images(self, images: Tensor) -> None:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
-        if tuple(images.shape[-2:]) != self.image_size:
-            raise ValueError(f"images are {tuple(images.shape[-2:])} but the model was built for "
-                             f"{self.image_size}; resize in the dataset (size=...)")
 
     def forward(self, images: Tensor) -> FocalOutput:
         """Raw head outputs for images in ``[0, 1]``.
@@ -215,22 +181,12 @@ class RetinaNetDetector(nn.Module):
         finally:
             self.net.score_thresh = old
 
-    @torch.no_grad()
-    def detect(self, images: Tensor, score_thresh: float | None = None, batch_size: int = 64) -> list[dict[str, Tensor]]:
-        """Per-image detections ``{boxes [K, 4], scores [K], labels [K]}`` (mode restored)."""
-        out: list[dict[str, Tensor]] = []
-        with eval_mode(self):
-            for i in range(0, images.shape[0], batch_size):
-                out.extend(self.postprocess(self(images[i:i + batch_size]), score_thresh))
-        return out
-
 
 def build_retinanet(backbone: str, num_classes: int, image_size: int | tuple[int, int],
                     pretrained_backbone: bool = False, **kwargs) -> RetinaNetDetector:
     """A :class:`RetinaNetDetector` on one of our backbones by name (``tiny_vgg``, ``tiny_resnet``,
     ...), for inputs of ``image_size``."""
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    return RetinaNetDetector(build_backbone(backbone, pretrained=pretrained_backbone), num_classes, size, **kwargs)
+    return build_on_backbone(RetinaNetDetector, backbone, num_classes, image_size, pretrained_backbone, **kwargs)
 
 
 __all__ = ["ANCHOR_FRACTIONS", "FocalOutput", "RetinaNetDetector", "anchor_generator", "build_retinanet"]
