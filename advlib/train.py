@@ -113,7 +113,10 @@ class Recipe(Protocol):
 
 
 class StandardRecipe:
-    """STD: the clean multibox loss (SSD; MTD eq. 1), averaged over images."""
+    """STD: the clean multibox loss (SSD; MTD eq. 1), averaged over images. A family whose own
+    training loss differs from its attack terms defines ``training_loss(images, targets)``
+    (Faster R-CNN: torchvision's sampled train-mode loss, which trains it twice as well), used in
+    training mode with the multibox reducer."""
 
     name = "std"
 
@@ -123,6 +126,9 @@ class StandardRecipe:
         self.reducer = reducer
 
     def __call__(self, model: nn.Module, images: Tensor, targets: list[dict]) -> Tensor:
+        own = getattr(model, "training_loss", None)
+        if callable(own) and model.training and self.reducer == "multibox":
+            return own(images, targets)
         matched = match_targets(model, targets)
         return REDUCERS[self.reducer](multibox_terms(model(images), matched)).mean()
 

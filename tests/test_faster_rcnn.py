@@ -201,3 +201,22 @@ def test_training_lowers_the_loss_and_eval_mode_gives_input_gradients(trained, t
     adv = attack(model, x, targets, preset("A_cls", steps=2, seed=0))
     assert not model.training and (adv - x).abs().max() <= 8 / 255 + 1e-6
     assert loss(model, adv) > loss(model, x)
+
+
+def test_standard_recipe_trains_faster_rcnn_with_torchvisions_own_loss():
+    from advlib.train import StandardRecipe
+
+    torch.manual_seed(0)
+    model = build_faster_rcnn("tiny_vgg", 3, 64).train()
+    x = torch.rand(2, 3, 64, 64)
+    t = [{"boxes": torch.tensor([[4., 4., 40., 44.]]), "labels": torch.tensor([2])}] * 2
+    torch.manual_seed(1)
+    ours = StandardRecipe()(model, x, t)
+    torch.manual_seed(1)  # the same random sampling
+    theirs = sum(model.net(list(x), [{"boxes": b["boxes"], "labels": b["labels"]} for b in t]).values())
+    torch.testing.assert_close(ours, theirs)
+    model.eval()  # attacks and evaluation stay on the deterministic eval-mode terms
+    from advlib.losses import match_targets, multibox_terms, ssd_loss
+
+    expected = ssd_loss(multibox_terms(model(x), match_targets(model, t))).mean()
+    torch.testing.assert_close(StandardRecipe()(model, x, t), expected)

@@ -203,6 +203,15 @@ class FasterRCNNDetector(TorchvisionDetector):
                           pad_sequence(boxes, batch_first=True), mask.reshape(b, -1),
                           obj.reshape(b, -1), deltas.reshape(b, -1, 4))
 
+    def training_loss(self, images: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+        """torchvision's own train-mode loss (random RPN and ROI sampling, ground truth added to
+        the proposals): the sum of its four losses, for training only (``StandardRecipe`` uses it;
+        attacks use the deterministic eval-mode terms). Measured: 600 images, 8 epochs, test mAP
+        0.071 / 0.066 (seeds 0 / 1) against 0.037 / 0.035 with the eval-mode terms."""
+        self._check_images(images)
+        losses = self.net(list(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        return sum(losses.values())
+
     def match(self, targets: list[dict[str, Tensor]]) -> RCNNMatched:
         """torchvision's RPN matching of a batch (its ``Matcher``: positives at IoU >= 0.7, ignored
         in [0.3, 0.7) as label ``-1``, each object's best anchors positive; labels are the objects'
