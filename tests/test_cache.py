@@ -294,3 +294,25 @@ def test_training_subset_is_fixed_in_the_key_and_trained_on(tiny_voc, tmp_path):
     assert sum(h["iterations"] for h in tm.meta["history"]) == 10 // 4  # full batches of the 10 images (not 24 // 4)
     full = exp.trained("std", cfg=cfg, train_images=n_split)  # the whole split: the whole-split model
     assert "train_subset" not in full.meta["spec"] and full.key != tm.key
+
+
+def test_a_saved_adversarial_set_is_an_ordinary_voc_dataset(tmp_path):
+    """RAD's AOCO path: a set saved by the adversarial cache reads back through build_dataset (VOC
+    layout, PNG) with the same 8-bit pixels, boxes, labels and classes."""
+    from advlib.data import build_dataset, collate
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(3, 3, 32, 32, generator=g)
+    targets = [{"boxes": torch.tensor([[2.0, 3.0, 20.0, 25.0]]), "labels": torch.tensor([2])},
+               {"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0], [10.0, 12.0, 30.0, 31.0]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.tensor([[5.0, 5.0, 15.0, 15.0]]), "labels": torch.tensor([1])}]
+    cache = AdversarialCache(tmp_path)
+    saved = cache.save("k", images, targets, ["circle", "square"], pgd("cls"), {})
+    ds = build_dataset(cache.path("k"), "voc", "test", size=(32, 32))
+    assert list(ds.classes) == ["circle", "square"] and len(ds) == 3
+    x, t = collate([ds[i] for i in range(len(ds))])
+    assert torch.equal((x * 255).round(), (saved * 255).round())  # the same 8-bit levels
+    assert torch.equal(x, cache.load("k"))
+    for got, want in zip(t, targets):
+        assert torch.equal(got["labels"], want["labels"])
+        torch.testing.assert_close(got["boxes"], want["boxes"], atol=1.0, rtol=0)  # VOC stores whole pixels
