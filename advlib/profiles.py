@@ -272,7 +272,7 @@ BUDGETS: dict[str, Budget] = {
 #: loss 1.56 -> 1.18, mAP 0.014), lr 1e-3 in batches of 16 from the STD backbone reaches mAP 0.40
 #: after one epoch
 FAMILY_SCHEDULES: dict[str, dict[str, dict]] = {
-    "smoke": {"retinanet": {"epochs": 2, "batch_size": 16, "lr": 1e-3}},
+    "smoke": {arch: {"epochs": 2, "batch_size": 16, "lr": 1e-3} for arch in ("retinanet", "fcos", "faster_rcnn")},
     "default": {"retinanet": {"epochs": 4, "batch_size": 16, "lr": 1e-3}},
 }
 

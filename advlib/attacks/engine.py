@@ -111,9 +111,12 @@ class AttackSpec:
         return d
 
     def label(self) -> str:
-        """Short human label, e.g. ``PGD-10 cls ε=8/255``."""
+        """Short human label, e.g. ``PGD-10 cls ε=8/255`` or ``PGD-10 rad[kind=size] +SI ε=16/255``."""
         kind = "FGSM" if self.steps == 1 and not self.random_start else f"PGD-{self.steps}"
-        return f"{kind} {self.objective} ε={self.eps * self.pixel_scale:g}/{self.pixel_scale}"
+        params = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.params)
+        extra = "".join(f" +{t.upper()}" for t in self.transforms) + (f" +MI(μ={self.momentum:g})" if self.momentum else "")
+        return (f"{kind} {self.objective}{f'[{params}]' if params else ''}{extra} "
+                f"ε={self.eps * self.pixel_scale:g}/{self.pixel_scale}")
 
 
 #: fields added after caches were keyed on ``to_dict()``, with the defaults that leave a key unchanged
