@@ -258,15 +258,10 @@ class FasterRCNNDetector(TorchvisionDetector):
         roi, mask = self.net.roi_heads, output.proposal_mask
         k = output.cls_logits.shape[-1]
         proposals = [p[m] for p, m in zip(output.proposals, mask)]
-        old = roi.score_thresh
-        try:
-            if score_thresh is not None:
-                roi.score_thresh = float(score_thresh)
+        with self.score_threshold(score_thresh):
             boxes, scores, labels = roi.postprocess_detections(
                 output.cls_logits[mask], output.box_deltas[mask].reshape(-1, k * 4), proposals,
                 [self.image_size] * mask.shape[0])
-        finally:
-            roi.score_thresh = old
         return [{"boxes": bx, "scores": s, "labels": lb} for bx, s, lb in zip(boxes, scores, labels)]
 
 

@@ -230,14 +230,7 @@ class FCOSDetector(TorchvisionDetector):
         logits[..., 0] = float("-inf")  # column 0 is no class of ours
         heads = {"cls_logits": self._split(logits), "bbox_regression": self._split(output.box_deltas),
                  "bbox_ctrness": self._split(output.centerness)}
-        anchors = [list(self.anchors.split(self.level_sizes))] * logits.shape[0]
-        old = self.net.score_thresh
-        try:
-            if score_thresh is not None:
-                self.net.score_thresh = float(score_thresh)
-            return self.net.postprocess_detections(heads, anchors, [self.image_size] * logits.shape[0])
-        finally:
-            self.net.score_thresh = old
+        return self._dense_postprocess(heads, logits.shape[0], score_thresh)
 
 
 def build_fcos(backbone: str, num_classes: int, image_size: int | tuple[int, int],

@@ -172,14 +172,7 @@ class RetinaNetDetector(TorchvisionDetector):
         logits[..., 0] = float("-inf")  # column 0 is no class of ours
         heads = {"cls_logits": list(logits.split(self.level_sizes, dim=1)),
                  "bbox_regression": list(output.box_deltas.split(self.level_sizes, dim=1))}
-        anchors = [list(self.anchors.split(self.level_sizes))] * logits.shape[0]
-        old = self.net.score_thresh
-        try:
-            if score_thresh is not None:
-                self.net.score_thresh = float(score_thresh)
-            return self.net.postprocess_detections(heads, anchors, [self.image_size] * logits.shape[0])
-        finally:
-            self.net.score_thresh = old
+        return self._dense_postprocess(heads, logits.shape[0], score_thresh)
 
 
 def build_retinanet(backbone: str, num_classes: int, image_size: int | tuple[int, int],

@@ -7,6 +7,8 @@ threshold, input check, batched detection with the mode restored, building on a 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +53,25 @@ class TorchvisionDetector(nn.Module):
     @score_thresh.setter
     def score_thresh(self, value: float) -> None:
         self._score_owner().score_thresh = float(value)
+
+    @contextmanager
+    def score_threshold(self, value: float | None) -> Iterator[None]:
+        """Post-process with score threshold ``value`` inside the block (``None``: the model's)."""
+        owner = self._score_owner()
+        old = owner.score_thresh
+        try:
+            if value is not None:
+                owner.score_thresh = float(value)
+            yield
+        finally:
+            owner.score_thresh = old
+
+    def _dense_postprocess(self, heads: dict[str, list[Tensor]], batch: int,
+                           score_thresh: float | None) -> list[dict[str, Tensor]]:
+        """torchvision's ``postprocess_detections`` of a dense one-stage net on per-level ``heads``."""
+        anchors = [list(self.anchors.split(self.level_sizes))] * batch
+        with self.score_threshold(score_thresh):
+            return self.net.postprocess_detections(heads, anchors, [self.image_size] * batch)
 
     def _check_images(self, images: Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != 3:
