@@ -66,9 +66,8 @@ from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from advlib.losses import FAMILY_TERMS, pad_targets
 from advlib.losses_rcnn import RCNNMatched, rcnn_terms
-from advlib.models.torchvision_family import FPNBody, TorchvisionDetector, build_on_backbone
+from advlib.models.torchvision_family import TorchvisionDetector, build_on_backbone
 from advlib.models.ssd import IMAGENET_MEAN, IMAGENET_STD
-from advlib.utils import eval_mode
 
 #: RPN anchor base sizes per map as fractions of the image side (4 maps); each map adds × √2
 RPN_ANCHOR_FRACTIONS = (0.09, 0.18, 0.36, 0.72)
@@ -137,17 +136,8 @@ class FasterRCNNDetector(TorchvisionDetector):
                  rpn_post_nms_top_n: tuple[int, int] = (100, 100), score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 200) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = num_classes
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        body = FPNBody(backbone, fpn_channels)
         # torchvision's transform pads every batch to a multiple of 32: so does forward()
-        self.padded_size = tuple(int(math.ceil(s / 32) * 32) for s in self.image_size)
-        with torch.no_grad(), eval_mode(body):
-            probe = list(body(torch.zeros(1, 3, *self.padded_size)).values())
+        body, probe = self._init_body(backbone, num_classes, image_size, fpn_channels, pad=True)
         gen = rpn_anchor_generator(len(probe), min(self.image_size))
         per_loc = gen.num_anchors_per_location()[0]
         names = pooled_maps([int(f.shape[-1]) for f in probe], max(self.padded_size))

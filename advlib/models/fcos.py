@@ -41,7 +41,6 @@ torchvision's multiple of 32 as its transform does).
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -55,9 +54,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from advlib.losses import FAMILY_TERMS, Matched, Terms, pad_targets
-from advlib.models.torchvision_family import FPNBody, TorchvisionDetector, build_on_backbone
+from advlib.models.torchvision_family import TorchvisionDetector, build_on_backbone
 from advlib.models.ssd import IMAGENET_MEAN, IMAGENET_STD
-from advlib.utils import eval_mode
 
 #: anchor size of a level as a fraction of its stride (torchvision: 1 on 800 px images; see the
 #: module docstring for why half at 128 px)
@@ -150,15 +148,8 @@ class FCOSDetector(TorchvisionDetector):
             raise ValueError(f"head_convs must be 1..4 (torchvision's heads have 4), got {head_convs}")
         if fpn_channels % 32:
             raise ValueError(f"fpn_channels must be a multiple of 32 (GroupNorm(32) heads), got {fpn_channels}")
-        self.num_classes = num_classes
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        body = FPNBody(backbone, fpn_channels)
         # torchvision's transform pads every batch to a multiple of 32: so does forward()
-        self.padded_size = tuple(int(math.ceil(s / 32) * 32) for s in self.image_size)
-        with torch.no_grad(), eval_mode(body):
-            probe = list(body(torch.zeros(1, 3, *self.padded_size)).values())
+        body, probe = self._init_body(backbone, num_classes, image_size, fpn_channels, pad=True)
         strides = [self.padded_size[0] // f.shape[-2] for f in probe]
         gen = AnchorGenerator(tuple((float(s * ANCHOR_SIZE_PER_STRIDE),) for s in strides), ((1.0,),) * len(probe))
         head = FCOSHead(fpn_channels, 1, num_classes + 1, num_convs=head_convs)

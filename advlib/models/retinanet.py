@@ -39,9 +39,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
 from advlib.losses import Matched, pad_targets
-from advlib.models.torchvision_family import FPNBody, TorchvisionDetector, build_on_backbone
+from advlib.models.torchvision_family import TorchvisionDetector, build_on_backbone
 from advlib.models.ssd import IMAGENET_MEAN, IMAGENET_STD
-from advlib.utils import eval_mode
 
 
 class FocalOutput(NamedTuple):
@@ -94,15 +93,7 @@ class RetinaNetDetector(TorchvisionDetector):
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 200,
                  topk_candidates: int = 1000, head_convs: int = 4) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = num_classes
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        body = FPNBody(backbone, fpn_channels)
-        with torch.no_grad(), eval_mode(body):
-            probe = list(body(torch.zeros(1, 3, *self.image_size)).values())
+        body, probe = self._init_body(backbone, num_classes, image_size, fpn_channels, pad=False)
         gen = anchor_generator(len(probe), min(self.image_size))
         side = max(self.image_size)
         # GroupNorm in the heads (torchvision's RetinaNet v2 head): with our narrow FPN the v1 head's

@@ -6,6 +6,7 @@ threshold, input check, batched detection with the mode restored, building on a 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,26 @@ class TorchvisionDetector(nn.Module):
     torchvision keeps the score threshold (``net``, or ``net.roi_heads`` for Faster R-CNN)."""
 
     image_size: tuple[int, int]
+
+    def _init_body(self, backbone: nn.Module, num_classes: int, image_size: tuple[int, int], fpn_channels: int,
+                   pad: bool) -> tuple[FPNBody, list[Tensor]]:
+        """The common start of a constructor: checks ``num_classes``, sets ``num_classes``,
+        ``image_size``, ``padded_size`` (to a multiple of 32 with ``pad``, as torchvision's
+        transform pads a batch; else the image size) and the ImageNet normalisation buffers, and
+        returns the FPN body with its maps on a blank input (their shapes fix the anchors)."""
+        from advlib.models.ssd import IMAGENET_MEAN, IMAGENET_STD
+
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.padded_size = tuple(int(math.ceil(s / 32) * 32) for s in self.image_size) if pad else self.image_size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        body = FPNBody(backbone, fpn_channels)
+        with torch.no_grad(), eval_mode(body):
+            probe = list(body(torch.zeros(1, 3, *self.padded_size)).values())
+        return body, probe
 
     def _score_owner(self):
         return self.net
