@@ -82,7 +82,7 @@ relevance_models = {n: m for n, m in models.items() if dict((z[0], z[1]) for z i
 maps, similarity = rad.relevance_similarity(relevance_models, images[:rb.similarity_images])
 display(similarity.round(3))
 fig = rad_plots.plot_relevance_maps(images[0], {n: m[0] for n, m in maps.items()}, similarity)
-print("saved", exp.save_figure(fig, "05_fig1_relevance_maps.png"))
+print("saved", exp.save_figure(fig, "05_fig1_relevance_maps"))
 
 # %% [markdown]
 # ## Table 1: which nodes to attack (no SI)
@@ -126,7 +126,7 @@ eps_curve = eps_table.rename(columns={f"{SURROGATE} (white-box)": SURROGATE})
 eps_curve.index = [float(e) for e in eps_curve.index]
 display(eps_curve.round(3))
 fig = rad_plots.plot_eps_curve(eps_curve, white_box=[SURROGATE])
-print("saved", exp.save_figure(fig, "05_fig7_eps.png"))
+print("saved", exp.save_figure(fig, "05_fig7_eps"))
 
 # %% [markdown]
 # ## Table 8: two surrogates (RAD with SI)
@@ -159,7 +159,7 @@ display(rad.TABLE5.frame().round(3).style.set_caption(f"{rad.TABLE5.source} (RMS
 fig8_spec = rad.transfer_columns({"RAD": rad.rad(technique="SI")}, SURROGATE, rb)["RAD"].spec
 frames = rad.iteration_frames(models[SURROGATE], x[0], fig8_spec, show=tuple(sorted({0, 1, 2, fig8_spec.steps // 2, fig8_spec.steps})))
 fig = rad_plots.plot_iterations(frames, exp.classes)
-print("saved", exp.save_figure(fig, "05_fig8_iterations.png"))
+print("saved", exp.save_figure(fig, "05_fig8_iterations"))
 
 # %% [markdown]
 # ## Claims scorecard
