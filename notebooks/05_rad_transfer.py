@@ -78,8 +78,7 @@ def table(rows, surrogate=SURROGATE, xs=x, ts=t):
 # The surrogate families' maps (top-20 boxes' classes) of one test image, and for every pair of models the mean Spearman rank correlation of their maps of the same image against the chance baseline: the same two models' maps of different images.
 
 # %%
-relevance_models = {n: m for n, m in models.items() if dict((z[0], z[1]) for z in rb.zoo)[n] in ("ssd", "retinanet")}
-maps, similarity = rad.relevance_similarity(relevance_models, images[:rb.similarity_images])
+maps, similarity = rad.relevance_similarity(rad.relevance_models(models, rb), images[:rb.similarity_images])
 display(similarity.round(3))
 fig = rad_plots.plot_relevance_maps(images[0], {n: m[0] for n, m in maps.items()}, similarity)
 print("saved", exp.save_figure(fig, "05_fig1_relevance_maps"))
@@ -142,7 +141,7 @@ display(rad.TABLE8.frame().round(3).style.set_caption(f"{rad.TABLE8.source}: {ra
 # RAD with SI on the surrogate, saved once (VOC layout, PNG) and re-read through the ordinary VOC loader (`build_dataset(path, "voc", "test")`); every model is evaluated on the re-read images. Its numbers must equal Table 3's RAD row, which evaluated the cached set: re-reading is what shows the saved set is the attack.
 
 # %%
-aoco_spec = rad.transfer_columns({"RAD": rad.rad(technique="SI")}, SURROGATE, rb)["RAD"].spec  # Table 3's RAD row
+aoco_spec = rad.budgeted(rad.rad(technique="SI"), rb)  # Table 3's RAD row
 aoco_path, aoco_x, aoco_t = rad.saved_set(exp, models[SURROGATE], aoco_spec, x, t)
 aoco = pd.DataFrame({"RMSE (levels)": [0.0, rad.rmse_levels(aoco_x, x)]}, index=["clean", "AOCO"])
 for name, m in models.items():
@@ -156,7 +155,7 @@ display(rad.TABLE5.frame().round(3).style.set_caption(f"{rad.TABLE5.source} (RMS
 # ## Fig. 8: one image over RAD's iterations (surrogate)
 
 # %%
-fig8_spec = rad.transfer_columns({"RAD": rad.rad(technique="SI")}, SURROGATE, rb)["RAD"].spec
+fig8_spec = rad.budgeted(rad.rad(technique="SI"), rb)
 frames = rad.iteration_frames(models[SURROGATE], x[0], fig8_spec, show=tuple(sorted({0, 1, 2, fig8_spec.steps // 2, fig8_spec.steps})))
 fig = rad_plots.plot_iterations(frames, exp.classes)
 print("saved", exp.save_figure(fig, "05_fig8_iterations"))

@@ -65,10 +65,6 @@ TARGET_WEIGHTS = ("prob", "sglrp")
 SCALINGS = ("output", "map", "none")
 
 
-def _focal(output) -> bool:
-    return sigmoid_family(output)
-
-
 def _check(kind: str, mode: str, target_weight: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown node kind {kind!r}; expected one of {sorted(KINDS)}")
@@ -137,7 +133,7 @@ def initial_relevance(output, nodes: Tensor, kind: str = "cls", mode: str = "off
     if nodes.shape != logits.shape:
         raise ValueError(f"class nodes must be a [B, A, C+1] mask, got {tuple(nodes.shape)}")
     mask = nodes.to(logits.dtype)
-    if _focal(output):
+    if sigmoid_family(output):
         y = torch.sigmoid(logits)
         valid = torch.ones_like(mask)
         valid[..., 0] = 0.0  # column 0 is no class of RetinaNet's

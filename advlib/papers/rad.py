@@ -129,13 +129,22 @@ def table3_rows() -> dict[str, AttackSpec | None]:
             "Dfool": PRESETS["Dfool"], "Loc": PRESETS["Loc"], "DAG": PRESETS["DAG-top"], "RAD": PRESETS["RAD-SI"]}
 
 
+def budgeted(spec: AttackSpec, rb: RADBudget | None) -> AttackSpec:
+    """``spec`` with the budget's ``steps`` when it sets them (a one-step row such as the noise
+    keeps its own)."""
+    return spec if rb is None or rb.steps is None or spec.steps == 1 else spec.replace(steps=rb.steps)
+
+
 def transfer_columns(rows: dict[str, AttackSpec | None], surrogate: str, rb: RADBudget | None = None) -> dict:
     """Table rows as :func:`~advlib.robustness.robustness_table` columns crafted once on ``surrogate``
-    (with the budget's ``steps`` when it sets them; a one-step row such as the noise keeps its own)."""
-    def budgeted(spec: AttackSpec) -> AttackSpec:
-        return spec if rb is None or rb.steps is None or spec.steps == 1 else spec.replace(steps=rb.steps)
+    (:func:`budgeted` specs)."""
+    return {name: None if spec is None else Transfer(surrogate, budgeted(spec, rb)) for name, spec in rows.items()}
 
-    return {name: None if spec is None else Transfer(surrogate, budgeted(spec)) for name, spec in rows.items()}
+
+def relevance_models(models: dict, rb: RADBudget) -> dict:
+    """The zoo members whose relevance maps the rules cover (the SSD and RetinaNet families)."""
+    arch = {name: family for name, family, _ in rb.zoo}
+    return {n: m for n, m in models.items() if arch[n] in ("ssd", "retinanet")}
 
 
 def by_attack(table) -> pd.DataFrame:
@@ -231,5 +240,5 @@ def reductions(exp, rb: RADBudget) -> str:
 
 
 __all__ = ["BUDGETS", "NODE_ROWS", "RADBudget", "SELECTION_ROWS", "TECHNIQUE_ROWS", "ZOO", "budget", "by_attack",
-           "eps_rows", "iteration_frames", "rad", "reductions", "relevance_similarity", "rmse_levels", "saved_set", "table3_rows",
+           "budgeted", "eps_rows", "iteration_frames", "rad", "reductions", "relevance_models", "relevance_similarity", "rmse_levels", "saved_set", "table3_rows",
            "transfer_columns", "zoo", *_claims_all]
