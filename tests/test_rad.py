@@ -63,3 +63,19 @@ def test_iteration_frames_are_the_attacks_snapshots():
     assert torch.equal(frames[0]["image"], x)
     assert torch.equal(frames[2]["image"], attack(model, x[None], None, spec)[0])
     assert frames[1]["map"].shape == (64, 64) and set(frames[1]["detections"]) >= {"boxes", "scores", "labels"}
+
+
+def test_set_table_drop_in_points_against_direct_evaluation(tiny_test):
+    from advlib.data import collate
+    from advlib.evaluate import evaluate_voc
+
+    x, t = collate([tiny_test[i] for i in range(4)])
+    m = make_model().eval()
+    noisy = (x + 0.2 * torch.rand_like(x)).clamp(0, 1)
+    tab = rad.set_table({"a": m}, x, t, noisy, t, 12)
+    with torch.no_grad():
+        clean_map = evaluate_voc(m.detect(x), t, 12).map
+        noisy_map = evaluate_voc(m.detect(noisy), t, 12).map
+    assert list(tab.index) == ["a"]
+    assert tab.loc["a", "clean"] == pytest.approx(clean_map) and tab.loc["a", "saved set"] == pytest.approx(noisy_map)
+    assert tab.loc["a", "drop (points)"] == pytest.approx(100 * (clean_map - noisy_map))

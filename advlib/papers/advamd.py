@@ -110,18 +110,31 @@ def finetune_config(exp, ab: AdvAmdBudget, seed: int):
     return dataclasses.replace(exp.finetune_config(ab.epochs, seed=seed), batch_size=ab.batch_size, augment=False)
 
 
-def stage1(exp, ab: AdvAmdBudget, arch: str, kind: str, eps: float, seed: int | None = None) -> Stage1:
-    """Stage 1 of a setting on the vanilla model of ``arch`` and ``seed`` (cached on disk)."""
+def stage1(exp, ab: AdvAmdBudget, arch: str, kind: str, eps: float, seed: int | None = None,
+           cached_only: bool = False) -> Stage1 | None:
+    """Stage 1 of a setting on the vanilla model of ``arch`` and ``seed`` (cached on disk; with
+    ``cached_only``, ``None`` when it or its vanilla model is not cached: nothing is computed)."""
+    if cached_only:
+        if arch not in ARCH_NAMES:
+            raise ValueError(f"unknown AdvAmd architecture {arch!r}; expected one of {sorted(ARCH_NAMES)}")
+        tm = exp.vanilla(arch, seed=exp.seed if seed is None else seed, cached_only=True)
+        if tm is None:
+            return None
+        return cached_stage1(exp, tm.model, setting_spec(kind, eps), PHI[kind], ab.train_images, cached_only=True)
     v = vanilla(exp, ab, arch, seed).model
     return cached_stage1(exp, v, setting_spec(kind, eps), PHI[kind], ab.train_images)
 
 
-def fine_tuned(exp, ab: AdvAmdBudget, arch: str, recipe, seed: int | None = None):
-    """A model fine-tuned from the vanilla one with ``recipe`` on the stage-1 subset (zoo)."""
+def fine_tuned(exp, ab: AdvAmdBudget, arch: str, recipe, seed: int | None = None, cached_only: bool = False):
+    """A model fine-tuned from the vanilla one with ``recipe`` on the stage-1 subset (zoo; with
+    ``cached_only``, ``None`` when the cache lacks it: nothing is trained)."""
     seed = exp.seed if seed is None else seed
-    parent, parent_cfg = exp.clean_recipe(arch, seed=seed)
-    return exp.trained(recipe, parent=parent, parent_cfg=parent_cfg, seed=seed, cfg=finetune_config(exp, ab, seed),
-                       train_images=ab.train_images, arch=arch)
+    rc = exp.clean_recipe(arch, seed=seed, cached_only=cached_only)
+    if rc is None:
+        return None
+    only = {"cached_only": True} if cached_only else {}
+    return exp.trained(recipe, parent=rc[0], parent_cfg=rc[1], seed=seed, cfg=finetune_config(exp, ab, seed),
+                       train_images=ab.train_images, arch=arch, **only)
 
 
 def defence_recipe(defence: str, s1: Stage1 | None, ab: AdvAmdBudget, switches: tuple[bool, bool, bool] = (True, True, True)):

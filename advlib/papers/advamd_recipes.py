@@ -210,11 +210,13 @@ def stage1_key(vanilla_key: str, spec: AttackSpec, phi: float, image_ids: list[s
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
-def cached_stage1(exp, vanilla, spec: AttackSpec, phi: float, train_images: int | None) -> Stage1:
+def cached_stage1(exp, vanilla, spec: AttackSpec, phi: float, train_images: int | None,
+                  cached_only: bool = False) -> Stage1 | None:
     """Stage 1 of ``vanilla`` (a model from the zoo, with ``zoo_key``) on the experiment's fixed
     training subset of ``train_images`` images (:meth:`~advlib.experiment.Experiment.train_subset`,
     the images the stage-2 recipes then train on), kept on disk under ``<cache>/advamd/``
-    (written atomically; recomputed when unreadable)."""
+    (written atomically; recomputed when unreadable; with ``cached_only``, ``None`` instead of
+    computing it)."""
     from advlib.data import collate
     from advlib.paths import cache_root
 
@@ -230,6 +232,8 @@ def cached_stage1(exp, vanilla, spec: AttackSpec, phi: float, train_images: int 
                                                          "params": tuple(d["spec"]["params"])})})
         except Exception:  # noqa: BLE001 - a damaged file is recomputed
             pass
+    if cached_only:
+        return None
     s1 = compute_stage1(vanilla, images, targets, spec, phi, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -155,17 +155,19 @@ def budget(profile_name: str) -> CWATBudget:
     return BUDGETS.get(profile_name, BUDGETS["default"])
 
 
-def trained(exp, cb: CWATBudget, recipe: str, seed: int | None = None, **betas):
+def trained(exp, cb: CWATBudget, recipe: str, seed: int | None = None, cached_only: bool = False, **betas):
     """A CWAT-notebook model from the cache (trained if missing), fine-tuned from the STD model of
     the same seed: PGD recipes (``toat``/``owat``/``cwat``) with ``cb.train_steps`` steps for
     ``cb.epochs`` epochs, fast ones (``cwat-fast``/``mtd-fast``) for ``cb.epochs / cb.replays``
     epochs of ``cb.replays`` replays, on ``cb.train_images`` training images (at most the split).
-    Returns a :class:`~advlib.experiment.TrainedModel`."""
+    Returns a :class:`~advlib.experiment.TrainedModel` (``None`` with ``cached_only`` when the
+    cache lacks it: nothing is trained)."""
     fast = recipe in ("cwat-fast", "mtd-fast")
     r = RECIPES.build(recipe, replays=cb.replays) if fast else RECIPES.build(recipe, steps=cb.train_steps, **betas)
     epochs = cb.epochs // cb.replays if fast else cb.epochs
     n = None if cb.train_images is None else min(cb.train_images, len(exp.train_set))  # user data may be smaller
-    return exp.trained(r, parent="std", seed=seed, cfg=exp.finetune_config(epochs, seed=seed), train_images=n)
+    return exp.trained(r, parent="std", seed=seed, cfg=exp.finetune_config(epochs, seed=seed), train_images=n,
+                       **({"cached_only": True} if cached_only else {}))
 
 
 def reductions(exp, cb: CWATBudget, table_images: int) -> str:
