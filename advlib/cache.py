@@ -229,7 +229,21 @@ class ModelCache:
         Returns:
             ``(model in eval mode, meta)``.
         """
+        from advlib.distributed import barrier, rank_world
+
         key = spec_key(spec)
+        rank, world = rank_world()
+        if rank != 0:  # torchrun: train beside rank 0, which alone locks, checkpoints and saves
+            model = build()
+            meta = self.load(spec, model)
+            if meta is None:
+                model = build()
+                train_fn(model, self.dir(key) / "checkpoint")
+                barrier()  # rank 0 has saved
+                meta = self.load(spec, model)  # rank 0's weights and metadata (its BN statistics)
+                if meta is None:
+                    raise RuntimeError(f"rank {rank}: rank 0 did not save model {key} under {self.root}")
+            return model.eval(), meta
         with _key_lock(self.root, key):
             model = build()
             meta = self.load(spec, model)
@@ -240,6 +254,8 @@ class ModelCache:
             log.info("training %s (key %s)", spec.get("recipe"), key)
             meta = self._save(spec, model, train_fn(model, ckpt_dir) or {})
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if world > 1:
+            barrier()
         return model.eval(), meta
 
 
@@ -385,9 +401,25 @@ class AdversarialCache:
     def get_or_create(self, key: str, craft: Callable[[], Tensor], targets: list[dict], classes, spec,
                       meta: dict) -> tuple[Tensor, bool]:
         """``(images [N, 3, H, W], came from disk)`` of ``key``: loaded, or crafted and saved, under the
-        key's file lock (another process crafting it is waited for)."""
-        with _key_lock(self.root, key):
+        key's file lock (another process crafting it is waited for). Under torchrun every rank
+        crafts its share (``craft`` gathers the set on every rank) and rank 0 alone locks and
+        saves; the other ranks return the set rank 0 saved (8-bit, as it is read back)."""
+        from advlib.distributed import barrier, rank_world
+
+        rank, world = rank_world()
+        if rank != 0:
             adv = self.load(key)
             if adv is not None:
                 return adv, True
-            return self.save(key, craft(), targets, classes, spec, meta), False
+            crafted = craft()
+            barrier()  # rank 0 has saved
+            adv = self.load(key)
+            return (round_8bit(crafted) if adv is None else adv), False  # not writable: the same rounding
+        with _key_lock(self.root, key):
+            adv = self.load(key)
+            if adv is None:
+                adv = self.save(key, craft(), targets, classes, spec, meta)
+                if world > 1:
+                    barrier()
+                return adv, False
+            return adv, True

@@ -211,7 +211,7 @@ class Experiment:
         family (only when not the SSD, so that SSD keys never change), backbone, input size, seed,
         parent model, classes and the training data's identity (and the size of the training
         subset, only when one is used, so that whole-split keys never change)."""
-        spec = {"recipe": recipe.spec(), "train": cfg.to_dict(), "backbone": backbone,
+        spec = {"recipe": recipe.spec(), "train": cfg.key_dict(), "backbone": backbone,
                 "image_size": self.profile.image_size, "pretrained_backbone": self.profile.pretrained_backbone,
                 "seed": seed, "parent": parent, "num_classes": self.num_classes,
                 "dataset": self.train_set.identity()}

@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from advlib.attacks import AttackSpec, attack
+from advlib.distributed import gather, interleave, is_main, my_chunks
 from advlib.evaluate import evaluate_coco, evaluate_voc
 from advlib.utils import model_device, targets_to
 from advlib.cache import AdversarialCache, ResultCache, data_fingerprint, model_fingerprint, round_8bit
@@ -52,11 +53,14 @@ def adversarial_images(model, images: Tensor, targets: list[dict] | None, spec: 
         raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
     dev = torch.device(device) if device is not None else model_device(model)
     parts: list = []
-    for i in tqdm(range(0, images.shape[0], batch_size), desc=spec.label(), disable=not progress, leave=False):
+    starts = list(range(0, images.shape[0], batch_size))
+    for b in tqdm(my_chunks(len(starts)), desc=spec.label(), disable=not (progress and is_main()), leave=False):
+        i = starts[b]
         x = images[i:i + batch_size].to(dev)
         t = None if targets is None else targets_to(dev, targets[i:i + batch_size])
         out = attack(model, x, t, spec, snapshots=snapshots)
         parts.append({k: v.cpu() for k, v in out.items()} if snapshots is not None else out.cpu())
+    parts = interleave(gather(parts))  # torchrun: every rank attacked every W-th batch
     if snapshots is not None:
         return {k: torch.cat([p[k] for p in parts]) for k in snapshots}
     return torch.cat(parts) if parts else images.new_zeros((0, *images.shape[1:]))
@@ -64,12 +68,13 @@ def adversarial_images(model, images: Tensor, targets: list[dict] | None, spec: 
 
 @torch.no_grad()
 def detect_all(model, images: Tensor, batch_size: int = 64) -> list[dict]:
-    """Detections for a set of images, on the CPU."""
+    """Detections for a set of images, on the CPU (under torchrun each rank detects every W-th
+    batch and all ranks get all detections)."""
     dev = model_device(model)
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        out.extend({k: v.cpu() for k, v in d.items()} for d in model.detect(images[i:i + batch_size].to(dev)))
-    return out
+    starts = list(range(0, images.shape[0], batch_size))
+    mine = [[{k: v.cpu() for k, v in d.items()} for d in model.detect(images[starts[b]:starts[b] + batch_size].to(dev))]
+            for b in my_chunks(len(starts))]
+    return [d for batch in interleave(gather(mine)) for d in batch]  # torchrun: gathered from every rank
 
 
 def mean_ap(model, images: Tensor, targets: list[dict], num_classes: int, use_07_metric: bool = True,

@@ -34,6 +34,7 @@ from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
 from advlib.cache import atomic_torch_save
+from advlib.distributed import average_gradients, broadcast_buffers, rank_world
 from advlib.losses import REDUCERS, match_targets, multibox_terms
 from advlib.passes import PassCounter
 from advlib.utils import targets_to
@@ -93,6 +94,12 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
         return d
+
+    def key_dict(self) -> dict:
+        """What of the schedule determines the model (the model-cache key, checkpoints): all but
+        the loader's ``num_workers``, recorded as 0 whatever it is so that keys written before
+        it was left out stay valid. The world size (torchrun) is not in the config at all."""
+        return {**self.to_dict(), "num_workers": 0}
 
 
 class Recipe(Protocol):
@@ -212,6 +219,11 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def _shard_generator(seed: int, epoch: int, step: int, shard: int) -> torch.Generator:
+    """Augmentation draws of one shard of a global batch (micro-batches, ranks)."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1_009 + shard)
+
+
 def _plain(obj):
     """``obj`` as JSON types (what a ``weights_only`` checkpoint may hold besides tensors)."""
     return json.loads(json.dumps(obj, default=str))
@@ -227,6 +239,7 @@ def train(
     progress: bool = True,
     stop_after_epochs: int | None = None,
     desc: str | None = None,
+    micro_batches: int = 1,
 ) -> list[dict]:
     """Train ``model`` in place with ``recipe``; resume from ``checkpoint_dir`` if it holds one.
 
@@ -241,6 +254,11 @@ def train(
         progress: show a tqdm bar.
         stop_after_epochs: stop after this many epochs *in this call* (simulates a kill; tests).
         desc: progress-bar label.
+        micro_batches: shards of this process's part of every global batch, each backpropagated
+            on its own (gradient accumulation). Under torchrun (an initialised process group) each
+            rank takes ``1 / world_size`` of every global batch and the gradients are averaged
+            over the ranks (:mod:`advlib.distributed`); only rank 0 writes checkpoints and shows
+            progress. With one process and one micro-batch the loop is exactly the plain one.
 
     Returns:
         Per-epoch history: ``[{"epoch", "loss", "lr", "seconds", "images_per_s", "iterations",
@@ -258,6 +276,14 @@ def train(
     replays = int(getattr(recipe, "replays", 1))
     if replays < 1:
         raise ValueError(f"recipe {recipe.name!r}: replays must be >= 1, got {replays}")
+    rank, world = rank_world()
+    shards = world * micro_batches
+    if micro_batches < 1 or bs % shards:
+        raise ValueError(f"the global batch of {bs} images must split into world_size {world} x micro_batches "
+                         f"{micro_batches} equal shards")
+    if shards > 1 and replays > 1:
+        raise ValueError(f"recipe {recipe.name!r} replays each minibatch (free adversarial training), which does "
+                         "not support micro-batches or several processes yet")
     steps_per_epoch = n // bs
     iters_per_epoch = steps_per_epoch * replays
     total = iters_per_epoch * cfg.epochs
@@ -276,7 +302,7 @@ def train(
         if ckpt.exists():
             try:  # tensors and JSON types only: a planted checkpoint cannot run code
                 state = torch.load(ckpt, map_location=device, weights_only=True)
-                if state.get("cfg") != _plain(cfg.to_dict()) or state.get("recipe") != _plain(recipe.spec()):
+                if state.get("cfg") != _plain(cfg.key_dict()) or state.get("recipe") != _plain(recipe.spec()):
                     raise ValueError("checkpoint was written by a different configuration")
                 model.load_state_dict(state["model"])
                 opt.load_state_dict(state["optimizer"])
@@ -288,8 +314,14 @@ def train(
             except Exception as exc:  # corrupt, foreign or unsafe checkpoint: start over, loudly
                 warnings.warn(f"ignoring checkpoint {ckpt} ({exc}); training from scratch", stacklevel=2)
                 start_epoch, history = 0, []
+    if rank != 0:
+        ckpt_write, progress = None, False
+    else:
+        ckpt_write = ckpt
     bar = tqdm(total=total, initial=start_epoch * iters_per_epoch, desc=desc or recipe.name,
                disable=not progress, leave=False)
+    shard = bs // shards
+    mine = slice(rank * micro_batches * shard, (rank + 1) * micro_batches * shard)  # this rank's part of a batch
     epochs_run = 0
     counter = PassCounter(model)
     try:
@@ -299,32 +331,45 @@ def train(
                 break
             gen = _epoch_generator(cfg.seed, epoch)
             order = torch.randperm(n, generator=gen).tolist()
-            batches = [order[i * bs:(i + 1) * bs] for i in range(steps_per_epoch)]
-            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
+            batches = [order[i * bs:(i + 1) * bs][mine] for i in range(steps_per_epoch)]
+            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers,
+                                pin_memory=device.type == "cuda")
             model.train()
             t0, loss_sum, seen = time.perf_counter(), 0.0, 0
             counter.reset()
-            for images, targets in loader:
+            for step, (images, targets) in enumerate(loader):
                 images = images.to(device, non_blocking=True)
                 targets = targets_to(device, targets)
-                if cfg.augment:
-                    images, targets = augment_batch(images, targets, gen)
+                if shards == 1:
+                    parts = [augment_batch(images, targets, gen) if cfg.augment else (images, targets)]
+                else:  # each shard its own draws, whichever rank or micro-batch trains it
+                    parts = []
+                    for j in range(micro_batches):
+                        x, t = images[j * shard:(j + 1) * shard], targets[j * shard:(j + 1) * shard]
+                        g = _shard_generator(cfg.seed, epoch, step, rank * micro_batches + j)
+                        parts.append(augment_batch(x, t, g) if cfg.augment else (x, t))
                 for _ in range(replays):  # free adversarial training replays the minibatch
                     model.train()
-                    loss = recipe(model, images, targets)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}; "
-                                                 "lower the learning rate")
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss = 0.0
+                    for x, t in parts:
+                        part_loss = recipe(model, x, t)
+                        if not torch.isfinite(part_loss):
+                            raise FloatingPointError(f"non-finite loss {part_loss.item()} at epoch {epoch}; "
+                                                     "lower the learning rate")
+                        (part_loss / len(parts)).backward()
+                        loss = loss + part_loss.detach() / len(parts)
+                    if world > 1:
+                        loss = average_gradients(model, loss)
                     if cfg.grad_clip > 0:
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     opt.step()
                     sched.step()
-                    loss_sum += float(loss.detach())
+                    loss_sum += float(loss)
                     seen += 1
                     bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}")
+            broadcast_buffers(model)  # torchrun: every rank ends the epoch with rank 0's BN statistics
             secs = time.perf_counter() - t0
             passes = counter.reset()
             history.append({"epoch": epoch + 1, "loss": loss_sum / iters_per_epoch,
@@ -333,10 +378,10 @@ def train(
                             "forward_per_iter": passes["forward"] / max(seen, 1),
                             "backward_per_iter": passes["backward"] / max(seen, 1)})
             epochs_run += 1
-            if ckpt is not None:
+            if ckpt_write is not None:
                 atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": _plain(history),
-                                   "cfg": _plain(cfg.to_dict()), "recipe": _plain(recipe.spec()),
+                                   "cfg": _plain(cfg.key_dict()), "recipe": _plain(recipe.spec()),
                                    "recipe_state": recipe.state_dict() if hasattr(recipe, "state_dict") else {}},
                                   ckpt)
     finally:
