@@ -29,10 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from filelock import FileLock
-from PIL import Image
 from torch import Tensor, nn
 
 from advlib.paths import cache_root
@@ -334,92 +332,8 @@ class ResultCache:
 
 
 # ------------------------------------------------------------------ adversarial test sets
-def _xml(image_id: str, size: tuple[int, int], target: dict, classes) -> str:
-    """The VOC annotation of one adversarial image (the one VOC writer, names escaped)."""
-    from advlib.data.voc import voc_annotation_xml
+from advlib.adv_cache import AdversarialCache  # noqa: E402  (its own module; re-exported here)
 
-    labels = target["labels"].tolist()
-    diff = target.get("difficult", torch.zeros(len(labels), dtype=torch.bool)).tolist()
-    objects = [(classes[lab - 1], tuple(b), bool(d)) for lab, b, d in zip(labels, target["boxes"].tolist(), diff)]
-    return voc_annotation_xml(f"{image_id}.png", size[1], size[0], objects)
-
-
-class AdversarialCache:
-    """Adversarial test sets on disk (``data/cache/adv/<key>/``, VOC layout, PNG images).
-
-    The key hashes the source model's fingerprint, the attack spec, the caller's name for the
-    clean set and the clean set's pixel + ground-truth fingerprint (so a subset never reuses
-    another subset's images).
-    """
-
-    def __init__(self, root: str | os.PathLike | None = None) -> None:
-        self.root = Path(root) if root is not None else cache_root() / "adv"
-
-    def key(self, source_model: nn.Module, spec, data_id: str, data_fp: str) -> str:
-        """The key of ``spec`` crafted on ``source_model`` from the clean set ``data_id`` whose
-        :func:`data_fingerprint` is ``data_fp``."""
-        return hash_json({"model": model_fingerprint(source_model), "spec": spec.to_dict(), "data": data_id,
-                          "pixels": data_fp}, 20)
-
-    def path(self, key: str) -> Path:
-        return self.root / key
-
-    def load(self, key: str) -> Tensor | None:
-        d = self.path(key)
-        ids_file = d / "ImageSets" / "Main" / "test.txt"
-        if not (d / "spec.json").exists() or not ids_file.exists():
-            return None
-        ids = ids_file.read_text().split()
-        arrays = [np.asarray(Image.open(d / "JPEGImages" / f"{i}.png").convert("RGB")) for i in ids]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)  # [N,H,W,3] -> [N,3,H,W]
-
-    def save(self, key: str, images: Tensor, targets: list[dict], classes, spec, meta: dict) -> Tensor:
-        """Write atomically (a warning if the cache is not writable); returns the 8-bit-rounded
-        images (:func:`round_8bit`), written or not."""
-        u8 = to_uint8(images).permute(0, 2, 3, 1).numpy()  # [N,3,H,W] -> [N,H,W,3]
-        d = self.path(key)
-        tmp = d.with_name(f"{d.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-                (tmp / sub).mkdir(parents=True)
-            ids = [f"{i:06d}" for i in range(len(u8))]
-            for i, arr in zip(ids, u8):
-                Image.fromarray(arr).save(tmp / "JPEGImages" / f"{i}.png")
-            for i, t in zip(ids, targets):
-                (tmp / "Annotations" / f"{i}.xml").write_text(_xml(i, u8.shape[1:3], t, classes))
-            (tmp / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids) + "\n")
-            (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
-            (tmp / "spec.json").write_text(json.dumps({"spec": spec.to_dict(), **meta}, indent=1, default=str))
-            if d.exists():
-                shutil.rmtree(d)
-            os.replace(tmp, d)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            _not_writable(self.root, exc, "adversarial sets")
-        return round_8bit(images)
-
-    def get_or_create(self, key: str, craft: Callable[[], Tensor], targets: list[dict], classes, spec,
-                      meta: dict) -> tuple[Tensor, bool]:
-        """``(images [N, 3, H, W], came from disk)`` of ``key``: loaded, or crafted and saved, under the
-        key's file lock (another process crafting it is waited for). Under torchrun every rank
-        crafts its share (``craft`` gathers the set on every rank) and rank 0 alone locks and
-        saves; the other ranks return the set rank 0 saved (8-bit, as it is read back)."""
-        from advlib.distributed import barrier, rank_world
-
-        rank, world = rank_world()
-        if rank != 0:
-            adv = self.load(key)
-            if adv is not None:
-                return adv, True
-            crafted = craft()
-            barrier()  # rank 0 has saved
-            adv = self.load(key)
-            return (round_8bit(crafted) if adv is None else adv), False  # not writable: the same rounding
-        with _key_lock(self.root, key):
-            adv = self.load(key)
-            if adv is None:
-                adv = self.save(key, craft(), targets, classes, spec, meta)
-                if world > 1:
-                    barrier()
-                return adv, False
-            return adv, True
+__all__ = ["AdversarialCache", "CacheNotWritableWarning", "CorruptCacheWarning", "ModelCache", "ResultCache",
+           "atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "data_fingerprint", "hash_json",
+           "model_fingerprint", "round_8bit", "spec_key", "to_uint8"]

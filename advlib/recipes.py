@@ -21,8 +21,9 @@ from advlib.registry import Registry
 from advlib.train import Recipe, StandardRecipe
 
 #: recipe name -> factory(**params) -> Recipe
-RECIPES: Registry = Registry("recipe", hint="paper recipes register when their module is imported, "
-                                              "e.g. `import advlib.papers.mtd`")
+RECIPES: Registry = Registry("recipe", hint="paper recipes register when their module is imported; the "
+                                              "installed package's advlib.plugins entry points import them "
+                                              "on lookup: reinstall with `pip install -e .` if this list lacks them")
 RECIPES.add("std", StandardRecipe)
 
 

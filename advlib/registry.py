@@ -2,7 +2,8 @@
 
 A registry is a dict filled by a decorator (``@OBJECTIVES.register("dag")``) or by
 ``REGISTRY.add(name, value)``; a paper module registers its own entries when it is imported, so
-adding one touches one file. Looking up an unknown name raises ``ValueError`` listing the
+adding one touches one file; a name not yet registered is looked for in the modules installed
+packages declare as ``advlib.plugins`` entry points (:func:`load_plugins`). Looking up an unknown name raises ``ValueError`` listing the
 registered names, and :meth:`Registry.build` rejects unknown parameters by name (a typo must not
 silently become a new cache key).
 """
@@ -44,6 +45,8 @@ class Registry(Generic[T]):
         return lambda entry: self.add(name, entry, replace)
 
     def __getitem__(self, name: str) -> T:
+        if isinstance(name, str) and name not in self._entries:
+            load_plugins()  # a paper's entries register when its module is imported
         try:
             return self._entries[name]
         except (KeyError, TypeError):
@@ -71,6 +74,30 @@ class Registry(Generic[T]):
         factory = self[name]
         check_params(factory, params, f"{self.kind} {name!r}")
         return factory(**params)
+
+
+#: the entry-point group of modules that register entries (the papers' rooms, in pyproject.toml;
+#: another installed package can add its own recipes, objectives and presets the same way)
+PLUGIN_GROUP = "advlib.plugins"
+_plugins_loaded: list[str] = []
+
+
+def load_plugins() -> list[str]:
+    """Import, once, every module that installed packages declare under the entry-point group
+    :data:`PLUGIN_GROUP`, so that looking a name up (``RECIPES.build("mtd")``, a command line's
+    ``--recipe``) finds what a paper registers without the caller importing the paper. Returns
+    the modules' names."""
+    if not _plugins_loaded:
+        from importlib.metadata import distributions
+
+        _plugins_loaded.append("")  # loading may look names up: no recursion
+        # every distribution's entry points, not entry_points()'s first per name: a stale
+        # ``*.egg-info`` in the working directory must not hide the installed metadata
+        eps = {ep.value: ep for d in distributions() for ep in d.entry_points if ep.group == PLUGIN_GROUP}
+        for value, ep in sorted(eps.items()):
+            ep.load()
+            _plugins_loaded.append(value)
+    return [m for m in _plugins_loaded if m]
 
 
 def check_params(factory: Callable, params: dict, what: str) -> None:

@@ -86,3 +86,14 @@ def test_registry_refuses_a_second_entry_under_a_name():
     assert r.add("a", 2, replace=True) == 2 and r["a"] == 2
     with pytest.raises(ValueError, match="non-empty"):
         r.add("", 3)
+
+
+def test_a_paper_recipe_is_found_by_name_without_importing_the_paper():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom advlib.recipes import RECIPES\nassert 'advlib.papers.cwat' not in sys.modules\n"
+            "print(RECIPES.build('cwat', steps=1).name, 'advlib.papers.cwat' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["cwat", "True"]
