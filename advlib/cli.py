@@ -1,4 +1,5 @@
-"""Command line: ``python -m advlib.cli data|train|reproduce`` (used by the Makefile).
+"""Command line: ``python -m advlib.cli data|train|adversarial-set|attack-suite|reproduce`` (used by the
+Makefile; ``train`` and ``adversarial-set`` also under ``torchrun``, :mod:`advlib.cli_train`).
 
 ``reproduce`` executes notebooks headlessly with papermill, injecting ``profile``; executed copies
 go to ``notebooks/executed/`` (the source notebooks stay output-free for nbval and diffs) and each
@@ -20,6 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
+from advlib.cli_train import add_commands
 from advlib.paths import PROJECT_ROOT, display_path
 
 
@@ -29,18 +31,6 @@ def _cmd_data(args) -> int:
     exp = Experiment(profile=args.profile, seed=args.seed)
     print(f"dataset ready: {exp.params.data_root} ({len(exp.train_set)} train / {len(exp.test_set)} test, "
           f"{exp.num_classes} classes)")
-    return 0
-
-
-def _cmd_train(args) -> int:
-    from advlib.experiment import Experiment
-
-    exp = Experiment(profile=args.profile, seed=args.seed)
-    t0 = time.perf_counter()
-    tm = exp.trained("std")
-    res = exp.evaluate(tm.model)
-    print(f"STD ({exp.profile.backbone}, seed {args.seed}): clean mAP@0.5 (VOC07) = {res.map:.4f}; "
-          f"{time.perf_counter() - t0:.1f} s (cache key {tm.key})")
     return 0
 
 
@@ -326,11 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m advlib.cli", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name, helptext in (("data", "generate the default dataset of a profile"),
-                           ("train", "train (or load) the STD model and print its clean mAP")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--profile", default="default")
-        p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("data", help="generate the default dataset of a profile")
+    p.add_argument("--profile", default="default")
+    p.add_argument("--seed", type=int, default=0)
+    commands = {"data": _cmd_data, **add_commands(sub)}
     p = sub.add_parser("attack-suite", help="every attack on the STD model, with the attack-suite bars")
     p.add_argument("--profile", default="default")
     p.add_argument("--seed", type=int, default=0)
@@ -341,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds between progress lines while a cell runs")
     p.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
-    commands = {"data": _cmd_data, "train": _cmd_train, "attack-suite": _cmd_attack_suite, "reproduce": _cmd_reproduce}
+    commands.update({"attack-suite": _cmd_attack_suite, "reproduce": _cmd_reproduce})
     return commands[args.cmd](args)
 
 

@@ -76,6 +76,9 @@ class Experiment:
         self.seed = self.params.seed
         self.zoo = ModelCache(zoo_root)
         self.progress = progress
+        #: gradient-accumulation shards per process of every global batch (:func:`advlib.train.train`;
+        #: not part of any cache key: the same update to float tolerance)
+        self.micro_batches = 1
         self.timings: dict[str, float] = {}
         if self.synthetic:
             self._generate()
@@ -286,7 +289,7 @@ class Experiment:
 
         def fit(m: SSDDetector, ckpt_dir) -> dict:
             t0 = time.perf_counter()
-            hist = train(m, data, recipe, cfg, self.device, ckpt_dir, self.progress,
+            hist = train(m, data, recipe, cfg, self.device, ckpt_dir, self.progress, micro_batches=self.micro_batches,
                          desc=f"train {recipe.name} ({backbone if arch == 'ssd' else f'{arch}, {backbone}'}, seed {seed})")
             return {"history": hist, "train_seconds": time.perf_counter() - t0}
 
