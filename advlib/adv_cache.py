@@ -4,6 +4,7 @@ crafted once is saved as a VOC-layout dataset of PNGs and read back 8-bit; the r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,30 +59,85 @@ class AdversarialCache:
         arrays = [np.asarray(Image.open(d / "JPEGImages" / f"{i}.png").convert("RGB")) for i in ids]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)  # [N,H,W,3] -> [N,3,H,W]
 
+    def _write(self, key: str, batches, batch_size: int, size: tuple[int, int], targets: list[dict], classes, spec,
+               meta: dict, collective: bool) -> None:
+        """Write a set from ``(chunk, images)`` batches (chunk ``c`` holds images ``c·batch_size …``)
+        into a temporary folder renamed into place at the end (a warning if the cache is not
+        writable). ``collective``: every torchrun rank calls this with its own chunks and writes
+        their PNGs into one shared temporary folder; rank 0 prepares it, writes the annotations
+        and renames it."""
+        from advlib.distributed import barrier, rank_world
+
+        rank, world = rank_world() if collective else (0, 1)
+        d = self.path(key)
+        tmp = d.with_name(f"{d.name}.tmp-dist" if world > 1 else f"{d.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        ids = [f"{i:06d}" for i in range(len(targets))]
+        ok = True
+        try:
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)  # a torchrun run killed midway
+                for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+                    (tmp / sub).mkdir(parents=True)
+        except OSError as exc:
+            ok = False
+            _not_writable(self.root, exc, "adversarial sets")
+        if world > 1:
+            barrier()
+        for chunk, images in batches:
+            u8 = to_uint8(images).permute(0, 2, 3, 1).numpy()  # [B,3,H,W] -> [B,H,W,3]
+            try:
+                for j, arr in enumerate(u8):
+                    if ok:
+                        Image.fromarray(arr).save(tmp / "JPEGImages" / f"{ids[chunk * batch_size + j]}.png")
+            except OSError as exc:
+                ok = False
+                _not_writable(self.root, exc, "adversarial sets")
+        if world > 1:
+            barrier()
+        if rank == 0 and ok:
+            try:
+                for i, t in zip(ids, targets):
+                    (tmp / "Annotations" / f"{i}.xml").write_text(_xml(i, size, t, classes))
+                (tmp / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids) + "\n")
+                (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
+                (tmp / "spec.json").write_text(json.dumps({"spec": spec.to_dict(), **meta}, indent=1, default=str))
+                if d.exists():
+                    shutil.rmtree(d)
+                os.replace(tmp, d)
+            except OSError as exc:
+                ok = False
+                _not_writable(self.root, exc, "adversarial sets")
+        if not ok and rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if world > 1:
+            barrier()
+
     def save(self, key: str, images: Tensor, targets: list[dict], classes, spec, meta: dict) -> Tensor:
         """Write atomically (a warning if the cache is not writable); returns the 8-bit-rounded
         images (:func:`round_8bit`), written or not."""
-        u8 = to_uint8(images).permute(0, 2, 3, 1).numpy()  # [N,3,H,W] -> [N,H,W,3]
-        d = self.path(key)
-        tmp = d.with_name(f"{d.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-                (tmp / sub).mkdir(parents=True)
-            ids = [f"{i:06d}" for i in range(len(u8))]
-            for i, arr in zip(ids, u8):
-                Image.fromarray(arr).save(tmp / "JPEGImages" / f"{i}.png")
-            for i, t in zip(ids, targets):
-                (tmp / "Annotations" / f"{i}.xml").write_text(_xml(i, u8.shape[1:3], t, classes))
-            (tmp / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids) + "\n")
-            (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
-            (tmp / "spec.json").write_text(json.dumps({"spec": spec.to_dict(), **meta}, indent=1, default=str))
-            if d.exists():
-                shutil.rmtree(d)
-            os.replace(tmp, d)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            _not_writable(self.root, exc, "adversarial sets")
+        self._write(key, [(0, images)], max(1, len(images)), tuple(images.shape[-2:]), targets, classes, spec, meta,
+                    collective=False)
         return round_8bit(images)
+
+    def complete(self, key: str) -> bool:
+        """Whether the set of ``key`` is on disk (written sets are renamed into place whole)."""
+        d = self.path(key)
+        return (d / "spec.json").exists() and (d / "ImageSets" / "Main" / "test.txt").exists()
+
+    def get_or_create_stream(self, key: str, craft_batches: Callable, batch_size: int, size: tuple[int, int],
+                             targets: list[dict], classes, spec, meta: dict) -> tuple[Path, bool]:
+        """``(folder, came from disk)`` of ``key``: the set crafted batch by batch and written as it
+        comes (``craft_batches()`` yields ``(chunk, images)``; under torchrun, this rank's chunks),
+        so that no more than a batch is in memory; read it back with
+        ``build_dataset(folder, "voc", "test")``. Rank 0 holds the key's lock."""
+        from advlib.distributed import gather, rank_world
+
+        lock = _key_lock(self.root, key) if rank_world()[0] == 0 else contextlib.nullcontext()
+        with lock:
+            done = gather(self.complete(key))[0]  # rank 0's view decides for every rank
+            if not done:
+                self._write(key, craft_batches(), batch_size, size, targets, classes, spec, meta, collective=True)
+        return self.path(key), done
 
     def get_or_create(self, key: str, craft: Callable[[], Tensor], targets: list[dict], classes, spec,
                       meta: dict) -> tuple[Tensor, bool]:

@@ -88,7 +88,7 @@ def cmd_adversarial_set(args) -> int:
     from advlib.cache import AdversarialCache, data_fingerprint
     from advlib.distributed import is_main
     from advlib.paths import display_path
-    from advlib.robustness import adversarial_images
+    from advlib.robustness import crafted_batches
 
     exp = _experiment(args)
     tm = _trained(exp, args, cached_only=True)
@@ -98,17 +98,15 @@ def cmd_adversarial_set(args) -> int:
     spec = preset(args.attack, seed=args.seed)
     if args.eps is not None:
         spec = spec.replace(eps=args.eps / 255)
-    images, targets = exp.eval_data
-    if args.images:
-        images, targets = images[:args.images], targets[:args.images]
+    data = exp.eval_set.head(args.images) if args.images else exp.eval_set  # streamed: one batch in memory
     cache = AdversarialCache()
-    key = cache.key(tm.model, spec, exp.data_id, data_fingerprint(images, targets))
+    key = cache.key(tm.model, spec, exp.data_id, data_fingerprint(data, data.targets))
     t0 = time.perf_counter()
-    _, from_disk = cache.get_or_create(
-        key, lambda: adversarial_images(tm.model, images, targets, spec, args.batch_size, progress=is_main()),
-        targets, exp.classes, spec, {"source": tm.key, "data": exp.data_id})
+    _, from_disk = cache.get_or_create_stream(
+        key, lambda: crafted_batches(tm.model, data, data.targets, spec, args.batch_size, progress=is_main()),
+        args.batch_size, data.shape[-2:], data.targets, exp.classes, spec, {"source": tm.key, "data": exp.data_id})
     if is_main():
-        print(f"{spec.label()} on {args.recipe} ({tm.key}), {len(targets)} images: "
+        print(f"{spec.label()} on {args.recipe} ({tm.key}), {len(data)} images: "
               f"{'already saved' if from_disk else f'crafted in {time.perf_counter() - t0:.1f} s'} -> "
               f"{display_path(cache.path(key))} (read it with build_dataset(path, 'voc', 'test'))")
     return 0

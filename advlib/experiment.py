@@ -193,6 +193,15 @@ class Experiment:
         """``(images [N, 3, H, W], targets)`` of the evaluation subset, loaded once."""
         return collate([self.test_set[i] for i in self.eval_indices()])
 
+    @cached_property
+    def eval_set(self):
+        """The evaluation subset as an :class:`~advlib.imageset.ImageSet`: read batch by batch by a
+        ``DataLoader`` (the profile's ``num_workers``), never held whole; what streaming callers
+        (``evaluate_attack``, robustness tables on VOC/COCO) take in place of :attr:`eval_data`."""
+        from advlib.imageset import ImageSet
+
+        return ImageSet(self.test_set, self.eval_indices(), num_workers=self.profile.train.num_workers)
+
     @property
     def data_id(self) -> str:
         """The test split's identity as a string (part of adversarial-set keys)."""
@@ -345,9 +354,9 @@ class Experiment:
 
     def evaluate(self, model: SSDDetector, images: Tensor | None = None, targets: list[dict] | None = None,
                  use_07_metric: bool = True) -> VOCResult:
-        """VOC mAP@0.5 of ``model`` on ``images`` (default: the evaluation subset, clean)."""
+        """VOC mAP@0.5 of ``model`` on ``images`` (default: the evaluation subset, clean, streamed)."""
         if images is None:
-            images, targets = self.eval_data
+            images, targets = self.eval_set, self.eval_set.targets
         if targets is None:
             raise ValueError("targets are required when images are given")
         return mean_ap(model, images, targets, self.num_classes, use_07_metric, self.classes)

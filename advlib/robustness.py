@@ -25,20 +25,24 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from advlib.attacks import AttackSpec, attack
+from advlib.data import build_dataset
 from advlib.distributed import gather, interleave, is_main, my_chunks
+from advlib.imageset import ImageSet, iter_batches, num_batches, set_length, set_targets
 from advlib.evaluate import evaluate_coco, evaluate_voc
 from advlib.utils import model_device, targets_to
 from advlib.cache import AdversarialCache, ResultCache, data_fingerprint, model_fingerprint, round_8bit
 
 
-def adversarial_images(model, images: Tensor, targets: list[dict] | None, spec: AttackSpec, batch_size: int = 32,
+def adversarial_images(model, images, targets: list[dict] | None, spec: AttackSpec, batch_size: int = 32,
                        device: torch.device | str | None = None, progress: bool = True,
                        snapshots: list[int] | None = None):
     """Craft adversarial examples for a whole set, batch by batch.
 
     Args:
         model: attacked detector.
-        images: ``[N, 3, H, W]`` in ``[0, 1]`` (any device; results come back on the CPU).
+        images: ``[N, 3, H, W]`` in ``[0, 1]`` (any device; results come back on the CPU), or an
+            :class:`~advlib.imageset.ImageSet` read batch by batch (the result is in memory:
+            :func:`attacked_detections` streams end to end).
         targets: ground truth per image (``None`` for objectives that do not use it).
         spec: the attack.
         batch_size: images per attack batch.
@@ -49,39 +53,74 @@ def adversarial_images(model, images: Tensor, targets: list[dict] | None, spec: 
     Returns:
         ``[N, 3, H, W]`` adversarial images on the CPU (or a dict by step count).
     """
-    if targets is not None and len(targets) != images.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
-    dev = torch.device(device) if device is not None else model_device(model)
-    parts: list = []
-    starts = list(range(0, images.shape[0], batch_size))
-    for b in tqdm(my_chunks(len(starts)), desc=spec.label(), disable=not (progress and is_main()), leave=False):
-        i = starts[b]
-        x = images[i:i + batch_size].to(dev)
-        t = None if targets is None else targets_to(dev, targets[i:i + batch_size])
-        out = attack(model, x, t, spec, snapshots=snapshots)
-        parts.append({k: v.cpu() for k, v in out.items()} if snapshots is not None else out.cpu())
+    n = set_length(images)
+    if targets is not None and len(targets) != n:
+        raise ValueError(f"{n} images but {len(targets)} targets")
+    parts = [out for _, out in crafted_batches(model, images, targets, spec, batch_size, progress, device, snapshots)]
     parts = interleave(gather(parts))  # torchrun: every rank attacked every W-th batch
     if snapshots is not None:
         return {k: torch.cat([p[k] for p in parts]) for k in snapshots}
-    return torch.cat(parts) if parts else images.new_zeros((0, *images.shape[1:]))
+    return torch.cat(parts) if parts else torch.zeros((0, *set_shape(images)[1:]))
 
 
-@torch.no_grad()
-def detect_all(model, images: Tensor, batch_size: int = 64) -> list[dict]:
-    """Detections for a set of images, on the CPU (under torchrun each rank detects every W-th
-    batch and all ranks get all detections)."""
+def crafted_batches(model, images, targets: list[dict] | None, spec: AttackSpec, batch_size: int = 32,
+                    progress: bool = True, device=None, snapshots: list[int] | None = None):
+    """``(chunk, adversarial images [B, 3, H, W] on the CPU)`` for this rank's batches (all of them
+    in a single process), one at a time: what a streamed adversarial set is written from (with
+    ``snapshots``, ``{step: images}`` per batch)."""
+    dev = torch.device(device) if device is not None else model_device(model)
+    chunks = my_chunks(num_batches(images, batch_size))
+    batches = iter_batches(images, targets, batch_size, chunks, pin_memory=dev.type == "cuda")
+    for c, x, t in tqdm(batches, total=len(chunks), desc=spec.label(), disable=not (progress and is_main()),
+                        leave=False):
+        out = attack(model, x.to(dev, non_blocking=True), None if targets is None else targets_to(dev, t), spec,
+                     snapshots=snapshots)
+        yield c, ({k: v.cpu() for k, v in out.items()} if snapshots is not None else out.cpu())
+
+
+def set_shape(images) -> tuple[int, ...]:
+    return images.shape if isinstance(images, ImageSet) else tuple(images.shape)
+
+
+def attacked_detections(model, images, targets: list[dict] | None, spec: AttackSpec | None, batch_size: int = 32,
+                        progress: bool = True, keep: int | None = None):
+    """Detections of ``model`` on every image after ``spec`` (``None``: clean), batch by batch:
+    attack, round to 8 bits, detect, keep only the detections, so that nothing of the size of
+    the set is held (``images`` a tensor or an :class:`~advlib.imageset.ImageSet`; under torchrun
+    each rank takes every W-th batch and all ranks get all detections). With ``keep``, returns
+    ``(detections, the first keep (adversarial) images [keep, 3, H, W])``."""
     dev = model_device(model)
-    starts = list(range(0, images.shape[0], batch_size))
-    mine = [[{k: v.cpu() for k, v in d.items()} for d in model.detect(images[starts[b]:starts[b] + batch_size].to(dev))]
-            for b in my_chunks(len(starts))]
-    return [d for batch in interleave(gather(mine)) for d in batch]  # torchrun: gathered from every rank
+    chunks = my_chunks(num_batches(images, batch_size))
+    mine, kept = [], []
+    batches = iter_batches(images, targets, batch_size, chunks, pin_memory=dev.type == "cuda")
+    desc = "clean" if spec is None else spec.label()
+    for _, x, t in tqdm(batches, total=len(chunks), desc=desc, disable=not (progress and is_main()), leave=False):
+        x = x.to(dev, non_blocking=True)
+        if spec is not None:
+            x = round_8bit(attack(model, x, None if targets is None else targets_to(dev, t), spec)).to(dev)
+        with torch.no_grad():
+            mine.append([{k: v.cpu() for k, v in d.items()} for d in model.detect(x)])
+        if keep and sum(len(k) for k in kept) < keep:
+            kept.append(x.cpu())
+    dets = [d for batch in interleave(gather(mine)) for d in batch]
+    if keep is None:
+        return dets
+    kept = interleave(gather(kept))  # each rank kept its first chunks: r, r + W, ...
+    return dets, torch.cat(kept)[:keep] if kept else torch.zeros((0, *set_shape(images)[1:]))
 
 
-def mean_ap(model, images: Tensor, targets: list[dict], num_classes: int, use_07_metric: bool = True,
+def detect_all(model, images, batch_size: int = 64) -> list[dict]:
+    """Detections for a set of images (a tensor or an :class:`~advlib.imageset.ImageSet`), on the
+    CPU (under torchrun each rank detects every W-th batch and all ranks get all detections)."""
+    return attacked_detections(model, images, None, None, batch_size, progress=False)
+
+
+def mean_ap(model, images, targets: list[dict] | None, num_classes: int, use_07_metric: bool = True,
             class_names=None):
-    """VOC mAP@0.5 of ``model`` on ``images`` (a :class:`~advlib.evaluate.VOCResult`)."""
-    return evaluate_voc(detect_all(model, images), targets, num_classes, use_07_metric=use_07_metric,
-                        class_names=class_names)
+    """VOC mAP@0.5 of ``model`` on ``images`` (a tensor, or an :class:`~advlib.imageset.ImageSet`
+    whose own targets are used when ``targets`` is ``None``; a :class:`~advlib.evaluate.VOCResult`)."""
+    return evaluate_voc(detect_all(model, images), set_targets(images, targets), num_classes,
+                        use_07_metric=use_07_metric, class_names=class_names)
 
 
 # ------------------------------------------------------------------------ tables
@@ -184,7 +223,8 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
         attacks: column name -> ``None`` (clean), an :class:`AttackSpec` (white-box: attacks the
             row's model), or a :class:`Transfer` (crafted once on ``sources[source]`` or
             ``models[source]``, cached on disk, evaluated on every row).
-        images, targets: the clean evaluation set.
+        images, targets: the clean evaluation set: a tensor, or an
+            :class:`~advlib.imageset.ImageSet` read batch by batch (``targets`` ``None``: its own).
         classes: class names (for mAP and the cached sets' annotations).
         sources: extra source models for transfer columns (not evaluated as rows).
         cache: where transfer sets are cached (default ``data/cache/adv``).
@@ -205,12 +245,21 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
     for col, atk in attacks.items():
         if isinstance(atk, Transfer) and atk.source not in pool:
             raise ValueError(f"transfer column {col!r}: unknown source model {atk.source!r}; have {sorted(pool)}")
+    targets = set_targets(images, targets)
     table = RobustnessTable(classes=tuple(classes))
     data_fp = data_fingerprint(images, targets)
     fingerprints = {name: model_fingerprint(m) for name, m in pool.items()}
     crafted: dict[str, tuple[Tensor, bool]] = {}
 
     def transfer_set(col: str, atk: Transfer) -> tuple[Tensor, bool]:
+        if col not in crafted and isinstance(images, ImageSet):  # streamed: written and re-read batch by batch
+            src = pool[atk.source]
+            path, on_disk = cache.get_or_create_stream(
+                cache.key(src, atk.spec, data_id, data_fp),
+                lambda: crafted_batches(src, images, targets, atk.spec, batch_size, progress), batch_size,
+                images.shape[-2:], targets, classes, atk.spec, {"source": atk.source, "data": data_id})
+            crafted[col] = (ImageSet(build_dataset(path, "voc", "test", size=images.shape[-2:]),
+                                     num_workers=images.num_workers), on_disk)
         if col not in crafted:  # crafted once per table, and once ever thanks to the disk cache
             src = pool[atk.source]
             crafted[col] = cache.get_or_create(
@@ -235,12 +284,12 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
             hit_result, set_cached = value is not None, False
             if value is None:
                 if atk is None:
-                    adv = images
+                    dets = detect_all(model, images)
                 elif transfer:
                     adv, set_cached = transfer_set(col, atk)
-                else:
-                    adv = round_8bit(adversarial_images(model, images, targets, atk, batch_size, progress=progress))
-                dets = detect_all(model, adv)
+                    dets = detect_all(model, adv)
+                else:  # attack, round and detect batch by batch: no adversarial set is held
+                    dets = attacked_detections(model, images, targets, atk, batch_size, progress)
                 r = evaluate_voc(dets, targets, len(classes), use_07_metric=use_07_metric, class_names=classes)
                 r_all = evaluate_voc(dets, targets, len(classes), use_07_metric=False, class_names=classes)
                 value = {"map": float(r.map), "map_allpoint": float(r_all.map), "ap": [float(a) for a in r.ap]}
@@ -295,9 +344,9 @@ def _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_siz
                 adv, sp = images, spec.replace(eps=0.0)
             else:
                 sp = spec.replace(eps=e)
-                adv = round_8bit(adversarial_images(model, images, targets, sp, batch_size, progress=progress))
+            dets = attacked_detections(model, images, targets, None if e == 0 else sp, batch_size, progress)
             rows.append({"eps": e, "eps_px": e * 255, "steps": spec.steps,
-                         "map": mean_ap(model, adv, targets, num_classes).map, "spec": sp.to_dict()})
+                         "map": evaluate_voc(dets, targets, num_classes).map, "spec": sp.to_dict()})
     return rows
 
 
@@ -333,14 +382,15 @@ def sweep_curves(models: Mapping[str, torch.nn.Module], specs: Mapping[str, Atta
     return pd.DataFrame(rows)
 
 
-def evaluate_attack(exp, model, spec: AttackSpec | None, batch_size: int = 32, progress: bool = True) -> dict:
+def evaluate_attack(exp, model, spec: AttackSpec | None, batch_size: int = 32, progress: bool = True,
+                    keep_images: int = 16) -> dict:
     """mAP (VOC07 11-point and all-point) of ``model`` on the experiment's evaluation subset under
-    ``spec`` (``None`` = clean), with the spec attached and the adversarial images returned."""
-    images, targets = exp.eval_data
-    if spec is not None:
-        images = round_8bit(adversarial_images(model, images, targets, spec, batch_size, exp.device, progress))
-    res07 = exp.evaluate(model, images, targets, use_07_metric=True)
-    res_all = exp.evaluate(model, images, targets, use_07_metric=False)
+    ``spec`` (``None`` = clean), with the spec attached and the first ``keep_images`` adversarial
+    images returned; the subset is streamed (:attr:`Experiment.eval_set`), attacked, rounded and
+    detected batch by batch, so that memory does not grow with its size."""
+    data = exp.eval_set
+    dets, kept = attacked_detections(model, data, data.targets, spec, batch_size, progress, keep=keep_images)
+    res07 = evaluate_voc(dets, data.targets, exp.num_classes, use_07_metric=True, class_names=exp.classes)
+    res_all = evaluate_voc(dets, data.targets, exp.num_classes, use_07_metric=False, class_names=exp.classes)
     return {"map": res07.map, "map_allpoint": res_all.map, "ap": res07.ap,
-            "spec": None if spec is None else spec.to_dict(), "images": images,
-            "num_images": int(images.shape[0])}
+            "spec": None if spec is None else spec.to_dict(), "images": kept, "num_images": len(data)}

@@ -40,7 +40,7 @@ def _rank_main(rank: int, world: int, port: int, root: str, out: str) -> None:
 
     from advlib.cache import AdversarialCache
     from advlib.data import VOCDataset, collate
-    from advlib.robustness import adversarial_images, detect_all
+    from advlib.robustness import adversarial_images, crafted_batches, detect_all
     from advlib.train import StandardRecipe, TrainConfig, train
     from conftest import make_model
 
@@ -58,6 +58,9 @@ def _rank_main(rank: int, world: int, port: int, root: str, out: str) -> None:
         cache = AdversarialCache(os.path.join(out, "adv"))
         cached, from_disk = cache.get_or_create("k", lambda: adversarial_images(model, x, t, SPEC, 2, progress=False),
                                                 t, [str(i) for i in range(12)], SPEC, {})
+        stream = AdversarialCache(os.path.join(out, "stream"))
+        path, done = stream.get_or_create_stream("s", lambda: crafted_batches(model, x, t, SPEC, 2, progress=False), 2,
+                                                 (64, 64), t, [str(i) for i in range(12)], SPEC, {})
         torch.save({"weights": _weights(model), "buffers": dict(model.named_buffers()), "adv": adv, "dets": dets, "cached": cached, "from_disk": from_disk,
                     "ckpt_files": sorted(os.listdir(os.path.join(out, "ckpt")))},
                    os.path.join(out, f"rank{rank}.pt"))
@@ -111,6 +114,17 @@ def test_ddp_two_processes_match_gradient_accumulation(tiny_voc, tmp_path):
     assert not r0["from_disk"] and not r1["from_disk"]
     assert torch.equal(r0["cached"], r1["cached"])
     assert (tmp_path / "adv" / "k" / "ImageSets" / "Main" / "test.txt").read_text().split() == [f"{i:06d}" for i in range(7)]
+    # the streamed set: each rank wrote its own batches' PNGs, rank 0 the rest; equal to one process's set
+    from advlib.cache import AdversarialCache
+
+    AdversarialCache(tmp_path / "single").save("s", adv, t, [str(i) for i in range(12)], SPEC, {})
+    ids = [f"{i:06d}" for i in range(7)]
+    assert (tmp_path / "stream" / "s" / "ImageSets" / "Main" / "test.txt").read_text().split() == ids
+    assert not list((tmp_path / "stream").glob("*.tmp*"))
+    for i in ids:
+        for sub, ext in (("JPEGImages", "png"), ("Annotations", "xml")):
+            a = (tmp_path / "stream" / "s" / sub / f"{i}.{ext}").read_bytes()
+            assert a == (tmp_path / "single" / "s" / sub / f"{i}.{ext}").read_bytes(), (sub, i)
 
 
 def test_micro_batches_must_split_the_global_batch(tiny_voc):
