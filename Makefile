@@ -15,7 +15,7 @@ export JUPYTER_DATA_DIR := $(CURDIR)/.jupyter_runtime/data
 export IPYTHONDIR := $(CURDIR)/.jupyter_runtime/ipython
 export PYTHONHASHSEED := 0
 
-.PHONY: env test unit nbval reproduce lab bench data clean-cache notebooks attacks
+.PHONY: env test unit nbval reproduce lab bench bench-memory data clean-cache notebooks attacks
 
 env: $(STAMP)
 
@@ -87,6 +87,10 @@ lab: env
 
 bench: env
 	$(PY) benchmarks/run.py --profile $(PROFILE)
+
+# peak memory of streamed evaluation + PGD on generated 300 px test splits of 500 and 5,000 images
+bench-memory: env
+	$(PY) benchmarks/memory.py --sizes 500 5000 --steps $(or $(STEPS),10)
 
 clean-cache:
 	rm -rf data/cache
