@@ -40,13 +40,16 @@ unit: env
 nbval: env
 	ADVLIB_PROFILE=smoke $(PY) -m pytest --nbval-lax -p no:cacheprovider $(NOTEBOOKS) -q
 
+# the papers' data: make reproduce PROFILE=voc DATA_ROOT=/path/VOCdevkit [DATA_FORMAT=coco] [DEVICE=cuda]
+DATA_ARGS := $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(DATA_FORMAT),--data-format $(DATA_FORMAT))
+
 data: env
-	$(PY) -m advlib.cli data --profile $(PROFILE)
+	$(PY) -m advlib.cli data --profile $(PROFILE) $(DATA_ARGS)
 
 reproduce: env
 	mkdir -p $(IPYTHONDIR) $(JUPYTER_RUNTIME_DIR)
-	$(PY) -m advlib.cli data --profile $(PROFILE)
-	$(PY) -m advlib.cli reproduce --profile $(PROFILE) $(NOTEBOOKS)
+	$(PY) -m advlib.cli data --profile $(PROFILE) $(DATA_ARGS)
+	$(PY) -m advlib.cli reproduce --profile $(PROFILE) $(DATA_ARGS) $(if $(DEVICE),--device $(DEVICE)) $(NOTEBOOKS)
 
 # notebooks/NN_*.py (jupytext percent: what people edit and review) -> notebooks/NN_*.ipynb
 # (what papermill and nbval run): no outputs, no jupytext metadata, cell ids "NN-ii" so that

@@ -26,11 +26,15 @@ from advlib.paths import PROJECT_ROOT, display_path
 
 
 def _cmd_data(args) -> int:
+    """Generate the default data, or check a user's data (every image of both splits), before
+    anything trains."""
     from advlib.experiment import Experiment
 
-    exp = Experiment(profile=args.profile, seed=args.seed)
-    print(f"dataset ready: {exp.params.data_root} ({len(exp.train_set)} train / {len(exp.test_set)} test, "
-          f"{exp.num_classes} classes)")
+    exp = Experiment(profile=args.profile, seed=args.seed, data_root=args.data_root, data_format=args.data_format)
+    if args.data_root is not None:
+        exp.check_data()
+    print(f"dataset ready: {display_path(exp.params.data_root)} ({len(exp.train_set)} train / {len(exp.test_set)} "
+          f"test, {exp.num_classes} classes)")
     return 0
 
 
@@ -245,8 +249,10 @@ def _compact_executed(path: Path) -> None:
 
 
 def run_notebooks(notebooks, out_dir: Path, profile: str = "default", heartbeat: float = 60.0,
-                  kernel_name: str = "python3", parameters: dict | None = None, out=None) -> dict:
-    """Execute ``notebooks`` with papermill into ``out_dir``, printing progress (``_NotebookProgress``).
+                  kernel_name: str = "python3", parameters: dict | None = None, out=None, run: str | None = None) -> dict:
+    """Execute ``notebooks`` with papermill into ``out_dir``, printing progress (``_NotebookProgress``);
+    each executed copy is ``NN_name.ipynb`` for the reproduction, else ``NN_name.<run>.ipynb`` (``run``:
+    the run's output folder, default the profile's name), never over the reproduction's.
 
     A failing notebook does not stop the others. Returns ``{name: {"seconds", "status", "target"}}``.
     """
@@ -254,27 +260,29 @@ def run_notebooks(notebooks, out_dir: Path, profile: str = "default", heartbeat:
     for key, value in TQDM_ENV.items():  # inherited by the kernels papermill starts; a user's TQDM_* wins
         os.environ.setdefault(key, value)
     try:
-        return _run_notebooks(notebooks, Path(out_dir), profile, heartbeat, kernel_name, parameters, out)
+        run = (profile if profile != "default" else "") if run is None else run
+        return _run_notebooks(notebooks, Path(out_dir), run.replace("/", "."), heartbeat, kernel_name,
+                              {"profile": profile, **(parameters or {})}, out)
     finally:
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
 
 
-def _run_notebooks(notebooks, out_dir, profile, heartbeat, kernel_name, parameters, out) -> dict:
+def _run_notebooks(notebooks, out_dir, suffix, heartbeat, kernel_name, parameters, out) -> dict:
     import papermill as pm
 
     engine = _progress_engine_name()
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {}
     for nb in map(Path, notebooks):
-        target = out_dir / nb.name if profile == "default" else out_dir / f"{nb.stem}.{profile}.ipynb"
-        print(f"== {nb.name} (profile {profile})", file=out or sys.stdout, flush=True)
+        target = out_dir / (f"{nb.stem}.{suffix}.ipynb" if suffix else nb.name)
+        print(f"== {nb.name} (profile {parameters['profile']})", file=out or sys.stdout, flush=True)
         status = "ok"
         stdout = _PrefixedLines(out)
         with _NotebookProgress(nb.stem, heartbeat=heartbeat, out=out) as progress:
             try:
-                pm.execute_notebook(str(nb), str(target), parameters={"profile": profile, **(parameters or {})},
+                pm.execute_notebook(str(nb), str(target), parameters=parameters,
                                     engine_name=engine, progress=progress, kernel_name=kernel_name,
                                     cwd=str(nb.parent), progress_bar=False, stdout_file=stdout)
             except Exception:  # keep going: every other notebook still runs
@@ -292,15 +300,26 @@ def _run_notebooks(notebooks, out_dir, profile, heartbeat, kernel_name, paramete
     return report
 
 
+def _data_parameters(args) -> dict:
+    """The notebooks' data parameters given on the command line (``--data-root`` etc.)."""
+    return {k: v for k, v in (("data_root", args.data_root), ("data_format", args.data_format),
+                              ("device", args.device)) if v is not None}
+
+
 def _cmd_reproduce(args) -> int:
     from advlib.results import output_dir
 
+    from advlib.experiment import run_folder
+    from advlib.profiles import validate_params
+
     out_dir = PROJECT_ROOT / "notebooks" / "executed"
-    timings_path = output_dir("results", args.profile) / "timings.json"
+    run = run_folder(validate_params(args.profile, args.data_root, args.data_format or "voc"))
+    timings_path = output_dir("results", run) / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     failed = []
     for nb in args.notebooks:  # one at a time, so timings.json is written after each notebook
-        rep = run_notebooks([nb], out_dir, profile=args.profile, heartbeat=args.heartbeat)[Path(nb).name]
+        rep = run_notebooks([nb], out_dir, profile=args.profile, heartbeat=args.heartbeat,
+                            parameters=_data_parameters(args), run=run)[Path(nb).name]
         if rep["status"] != "ok":
             failed.append(Path(nb).name)
         timings[Path(nb).name] = {"seconds": round(rep["seconds"], 1), "status": rep["status"], "profile": args.profile,
@@ -316,9 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m advlib.cli", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("data", help="generate the default dataset of a profile")
+    p = sub.add_parser("data", help="generate the default dataset of a profile, or check --data-root")
     p.add_argument("--profile", default="default")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=None, help="a VOC or COCO root (the voc/coco profiles need one)")
+    p.add_argument("--data-format", default="voc", choices=("voc", "coco"))
     commands = {"data": _cmd_data, **add_commands(sub)}
     p = sub.add_parser("attack-suite", help="every attack on the STD model, with the attack-suite bars")
     p.add_argument("--profile", default="default")
@@ -328,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="default")
     p.add_argument("--heartbeat", type=float, default=60.0,
                    help="seconds between progress lines while a cell runs")
+    p.add_argument("--data-root", default=None, help="passed to every notebook's data_root parameter")
+    p.add_argument("--data-format", default=None, choices=("voc", "coco"))
+    p.add_argument("--device", default=None, help="passed to every notebook's device parameter")
     p.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
     commands.update({"attack-suite": _cmd_attack_suite, "reproduce": _cmd_reproduce})

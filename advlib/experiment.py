@@ -163,13 +163,7 @@ class Experiment:
         """Where this run's results and figures go, below ``results/`` and ``figures/``: the top
         folders for the reproduction, ``smoke`` etc. for other profiles on the generated data, and
         ``<data folder>-<hash>[/<profile>]`` for a user's dataset (never over the reproduction)."""
-        name = self.params.profile.name
-        if not self.params.user_data:
-            return "" if name == "default" else name
-        root = self.params.data_root.expanduser().resolve()
-        digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
-        folder = f"{root.name or 'data'}-{digest}"
-        return folder if name == "default" else f"{folder}/{name}"
+        return run_folder(self.params)
 
     def save_json(self, payload: dict, name: str):
         """Write ``payload`` to this run's results folder; returns the path relative to the project."""
@@ -376,6 +370,17 @@ class Experiment:
         return "\n".join(lines)
 
 
+def run_folder(params: RunParams) -> str:
+    """:attr:`Experiment.output` of a run's parameters (``""`` for the reproduction)."""
+    name = params.profile.name
+    if not params.user_data:
+        return "" if name == "default" else name
+    root = params.data_root.expanduser().resolve()
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    folder = f"{root.name or 'data'}-{digest}"
+    return folder if name == "default" else f"{folder}/{name}"
+
+
 def setup(**params) -> Experiment:
     """A notebook's shared first step: build the :class:`Experiment` from the parameters cell,
     check the data (every image of both splits) and print what the run uses."""
@@ -385,4 +390,4 @@ def setup(**params) -> Experiment:
     return exp
 
 
-__all__ = ["Experiment", "TrainedModel", "setup"]
+__all__ = ["Experiment", "TrainedModel", "run_folder", "setup"]

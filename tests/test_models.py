@@ -79,3 +79,28 @@ def test_paper_backbones_build_at_300(backbone, maps):
     # SSD300 VGG16 has 8732 default boxes
     if backbone == "vgg16":
         assert m.num_anchors == 8732
+
+
+def test_missing_imagenet_weights_say_what_to_download_and_where(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    import torch
+    from torchvision.models import vgg16
+
+    from advlib.models.backbones import imagenet
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "th" / "hub"))  # undone after the test
+
+    def offline(*a, **k):
+        raise URLError("no route to host")
+
+    from torchvision.models import _api
+
+    monkeypatch.setattr(_api.WeightsEnum, "get_state_dict", offline)  # never download in a test
+    with pytest.raises(RuntimeError) as err:
+        imagenet(vgg16, "VGG16_Weights.IMAGENET1K_FEATURES")
+    msg = str(err.value)
+    assert "https://download.pytorch.org/models/vgg16_features-amdegroot-88682ab5.pth" in msg
+    assert str(tmp_path / "th" / "hub" / "checkpoints" / "vgg16_features-amdegroot-88682ab5.pth") in msg
+    assert "no route to host" in msg and str(tmp_path / "th") in msg

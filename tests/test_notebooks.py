@@ -129,3 +129,24 @@ def test_reproduce_prints_progress_and_survives_a_failing_notebook(tmp_path):
     assert "widgets" not in executed.metadata
     texts = [o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in executed.cells[-1].outputs]
     assert sum("bar: 100%" in t for t in texts) == 1, texts
+
+
+def test_reproduce_on_a_users_data_injects_it_and_never_writes_over_the_reproduction(tmp_path, tiny_voc):
+    import argparse
+    import io
+
+    from advlib.cli import _data_parameters, run_notebooks
+    from advlib.experiment import run_folder
+    from advlib.profiles import validate_params
+
+    args = argparse.Namespace(data_root=str(tiny_voc), data_format="voc", device=None)
+    params = _data_parameters(args)
+    assert params == {"data_root": str(tiny_voc), "data_format": "voc"}
+    run = run_folder(validate_params("voc", tiny_voc, "voc"))
+    assert run.startswith("shapes-") and run.endswith("/voc")
+    nb = _tiny_notebook(tmp_path / "97_params.ipynb", ["print('got', profile, data_root, data_format)"])
+    out = io.StringIO()
+    report = run_notebooks([nb], tmp_path / "executed", profile="voc", heartbeat=60, out=out, parameters=params, run=run)
+    target = report["97_params.ipynb"]["target"]
+    assert target.name == f"97_params.{run.replace('/', '.')}.ipynb" and report["97_params.ipynb"]["status"] == "ok"
+    assert f"    | got voc {tiny_voc} voc" in out.getvalue().splitlines()

@@ -97,6 +97,33 @@ class TinyResNet(_BodyThenExtras):
         self.out_channels = chans
 
 
+def imagenet(builder, weights: str | None):
+    """``builder(weights=...)`` with torchvision's ImageNet weights ``weights`` (an enum name such as
+    ``"VGG16_Weights.IMAGENET1K_FEATURES"``; ``None``: random initialisation). When they are not in
+    torch.hub's cache and cannot be downloaded, a ``RuntimeError`` says which file to download
+    from where and where to put it (``$TORCH_HOME/hub/checkpoints``)."""
+    if weights is None:
+        return builder(weights=None)
+    import os
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    import torch
+    from torchvision.models import get_weight
+
+    w = get_weight(weights)
+    try:
+        return builder(weights=w)
+    except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
+        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(w.url).path).name
+        home = os.environ.get("TORCH_HOME", "~/.cache/torch (TORCH_HOME unset)")
+        raise RuntimeError(
+            f"cannot load the ImageNet weights {weights} ({type(exc).__name__}: {exc}). On a machine without "
+            f"internet, download {w.url} elsewhere and copy it to {target} (torch.hub's cache: "
+            f"$TORCH_HOME/hub/checkpoints, TORCH_HOME = {home}); or run without pretrained weights "
+            "(a profile with pretrained_backbone=False)") from exc
+
+
 class VGG16SSD(nn.Module):
     """The SSD300 VGG16 extractor (conv4_3 with L2 norm, dilated fc6/fc7, extras) from torchvision."""
 
@@ -106,11 +133,9 @@ class VGG16SSD(nn.Module):
         from torchvision.models.detection.ssd import SSDFeatureExtractorVGG
 
         if batch_norm:
-            weights = "IMAGENET1K_V1" if pretrained else None
-            vgg = vgg16_bn(weights=weights)
+            vgg = imagenet(vgg16_bn, "VGG16_BN_Weights.IMAGENET1K_V1" if pretrained else None)
         else:
-            weights = "IMAGENET1K_FEATURES" if pretrained else None
-            vgg = vgg16(weights=weights)
+            vgg = imagenet(vgg16, "VGG16_Weights.IMAGENET1K_FEATURES" if pretrained else None)
         self.extractor = SSDFeatureExtractorVGG(vgg.features, highres=False)
         self.out_channels = [512, 1024, 512, 256, 256, 256]
 
@@ -125,7 +150,7 @@ class ResNet50SSD(nn.Module):
         super().__init__()
         from torchvision.models import resnet50
 
-        net = resnet50(weights="IMAGENET1K_V2" if pretrained else None)
+        net = imagenet(resnet50, "ResNet50_Weights.IMAGENET1K_V2" if pretrained else None)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2)
         self.layer3, self.layer4 = net.layer3, net.layer4
         chans = [512, 1024, 2048, 512, 256, 256]
