@@ -56,6 +56,8 @@ class TrainConfig:
         augment: flip + photometric + scale jitter, drawn from the seeded generator.
         seed: seeds shuffling and augmentation (model init is seeded by the caller).
         num_workers: DataLoader workers.
+        amp: mixed precision for the training loss (float16 with a gradient scaler on CUDA,
+            bfloat16 on the CPU); the attacks inside adversarial recipes stay float32.
     """
 
     epochs: int = 10
@@ -72,6 +74,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     num_workers: int = 0
+    amp: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -98,8 +101,12 @@ class TrainConfig:
     def key_dict(self) -> dict:
         """What of the schedule determines the model (the model-cache key, checkpoints): all but
         the loader's ``num_workers``, recorded as 0 whatever it is so that keys written before
-        it was left out stay valid. The world size (torchrun) is not in the config at all."""
-        return {**self.to_dict(), "num_workers": 0}
+        it was left out stay valid; ``amp`` only when on. The world size (torchrun) is not in the
+        config at all."""
+        d = {**self.to_dict(), "num_workers": 0}
+        if not self.amp:
+            del d["amp"]  # keys written before the field existed stay valid
+        return d
 
 
 class Recipe(Protocol):
@@ -321,6 +328,8 @@ def train(
     bar = tqdm(total=total, initial=start_epoch * iters_per_epoch, desc=desc or recipe.name,
                disable=not progress, leave=False)
     shard = bs // shards
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")  # disabled: pass-through
     mine = slice(rank * micro_batches * shard, (rank + 1) * micro_batches * shard)  # this rank's part of a batch
     epochs_run = 0
     counter = PassCounter(model)
@@ -353,17 +362,20 @@ def train(
                     opt.zero_grad(set_to_none=True)
                     loss = 0.0
                     for x, t in parts:
-                        part_loss = recipe(model, x, t)
+                        with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+                            part_loss = recipe(model, x, t).float()
                         if not torch.isfinite(part_loss):
                             raise FloatingPointError(f"non-finite loss {part_loss.item()} at epoch {epoch}; "
                                                      "lower the learning rate")
-                        (part_loss / len(parts)).backward()
+                        scaler.scale(part_loss / len(parts)).backward()
                         loss = loss + part_loss.detach() / len(parts)
+                    scaler.unscale_(opt)
                     if world > 1:
                         loss = average_gradients(model, loss)
                     if cfg.grad_clip > 0:
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
+                    scaler.step(opt)
+                    scaler.update()
                     sched.step()
                     loss_sum += float(loss)
                     seen += 1

@@ -127,3 +127,33 @@ def test_checkpoints_resume_under_weights_only(tiny_train, tmp_path):
                      progress=False, stop_after_epochs=1)
     assert not [w for w in caught if "ignoring checkpoint" in str(w.message)]
     assert [h["epoch"] for h in hist] == [1, 2]  # epoch 1 came from the checkpoint, only epoch 2 ran
+
+
+def test_amp_trains_in_bfloat16_on_cpu_keeps_attacks_float32_and_enters_the_key_only_when_on(tiny_train):
+    import dataclasses
+
+    from advlib.attacks import AttackSpec, attack
+    from advlib.recipes import AdversarialRecipe
+    from advlib.train import TrainConfig, train
+    from conftest import make_model
+
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_frac=0.0)
+    assert "amp" not in cfg.key_dict() and dataclasses.replace(cfg, amp=True).key_dict()["amp"] is True
+    seen = []
+    spec = AttackSpec("cls", 8 / 255, 2 / 255, 1, random_start=False)
+    model = make_model()
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = conv.register_forward_hook(lambda m, i, o: seen.append((m.training, o.dtype)))
+    hist = train(model, tiny_train, AdversarialRecipe("cls", spec), dataclasses.replace(cfg, amp=True), progress=False)
+    hook.remove()
+    # 3 steps: the attack's forward (eval mode) in float32, the training forward in bfloat16
+    assert sorted(set(seen), key=str) == sorted({(False, torch.float32), (True, torch.bfloat16)}, key=str)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
+    # the attack gives the same images inside an autocast region as outside it (it runs float32)
+    x = torch.stack([tiny_train[i][0] for i in range(4)])
+    t = [tiny_train[i][1] for i in range(4)]
+    model.eval()
+    plain = attack(model, x, t, spec)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = attack(model, x, t, spec)
+    assert torch.equal(plain, inside)

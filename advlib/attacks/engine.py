@@ -211,7 +211,8 @@ def run_attack(model: nn.Module, images: Tensor, objective, spec: AttackSpec, st
     if len(gens) not in (0, x.shape[0]):
         raise ValueError(f"need one generator per image ({x.shape[0]}), got {len(gens)}")
     kept: dict[int, Tensor] = {}
-    with eval_mode(model):
+    # attacks run in float32 even inside a mixed-precision training step (AMP recipes)
+    with eval_mode(model), torch.autocast(x.device.type, enabled=False):
         with torch.no_grad():
             x_adv = start_point(x, spec, gens)
             active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
