@@ -15,7 +15,7 @@ export JUPYTER_DATA_DIR := $(CURDIR)/.jupyter_runtime/data
 export IPYTHONDIR := $(CURDIR)/.jupyter_runtime/ipython
 export PYTHONHASHSEED := 0
 
-.PHONY: env test unit nbval reproduce lab bench bench-memory data clean-cache notebooks attacks
+.PHONY: env test unit nbval reproduce lab bench bench-gpu bench-memory data clean-cache notebooks attacks
 
 env: $(STAMP)
 
@@ -90,6 +90,10 @@ lab: env
 
 bench: env
 	$(PY) benchmarks/run.py --profile $(PROFILE)
+
+# SSD300 (VGG16, ResNet-50) at batch 32 on the GPU: training (fp32, AMP), PGD step, evaluation img/s
+bench-gpu: env
+	$(PY) benchmarks/gpu.py $(if $(DEVICE),--device $(DEVICE))
 
 # peak memory of streamed evaluation + PGD on generated 300 px test splits of 500 and 5,000 images
 bench-memory: env
