@@ -184,7 +184,11 @@ class Experiment:
 
     @cached_property
     def eval_data(self) -> tuple[Tensor, list[dict]]:
-        """``(images [N, 3, H, W], targets)`` of the evaluation subset, loaded once."""
+        """``(images [N, 3, H, W], targets)`` of the evaluation subset, loaded once; under a profile
+        with ``stream_eval`` (voc, coco) the images are the streamed :attr:`eval_set` (sliced like a
+        tensor, read batch by batch by every evaluation and attack function)."""
+        if self.profile.stream_eval:
+            return self.eval_set, self.eval_set.targets
         return collate([self.test_set[i] for i in self.eval_indices()])
 
     @cached_property

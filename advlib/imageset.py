@@ -52,6 +52,13 @@ class ImageSet:
         h, w = self.dataset.size
         return (len(self), 3, int(h), int(w))
 
+    def __getitem__(self, item):
+        """``set[i]``: image ``i`` as a tensor ``[3, H, W]``; ``set[a:b]``: an :class:`ImageSet` of
+        those images (so that code slicing an image tensor works on a streamed set)."""
+        if isinstance(item, slice):
+            return ImageSet(self.dataset, self.indices[item], self.num_workers)
+        return self.dataset[self.indices[item]][0]
+
     def head(self, n: int) -> "ImageSet":
         """The first ``n`` images."""
         return ImageSet(self.dataset, self.indices[:n], self.num_workers)

@@ -41,6 +41,8 @@ class Profile:
         pretrained_backbone: ImageNet backbone weights (real-data profiles).
         clean_map_floor: below this clean mAP of the STD model, claims that compare attacked
             models are "not testable on this data".
+        stream_eval: the evaluation split is read batch by batch (``Experiment.eval_data`` is an
+            :class:`~advlib.imageset.ImageSet`), not held in memory (the real-data profiles).
     """
 
     name: str
@@ -59,6 +61,7 @@ class Profile:
     attack_steps: int = 10
     pretrained_backbone: bool = False
     clean_map_floor: float = 0.2
+    stream_eval: bool = False
 
     def to_dict(self) -> dict:
         """JSON-friendly view (written beside every result)."""
@@ -87,11 +90,12 @@ PROFILES: dict[str, Profile] = {
     "voc": Profile(
         name="voc", data_format="voc", train_split=None, test_split=None, image_size=300, backbone="vgg16",
         second_backbone="resnet50", train=_SGD, finetune_epochs=24, eval_images=None, pretrained_backbone=True,
+        stream_eval=True,
     ),
     "coco": Profile(
         name="coco", data_format="coco", train_split=None, test_split=None, image_size=300, backbone="vgg16",
         second_backbone="resnet50", train=dataclasses.replace(_SGD, epochs=60), finetune_epochs=12,
-        eval_images=5000, pretrained_backbone=True,
+        eval_images=5000, pretrained_backbone=True, stream_eval=True,
     ),
 }
 
@@ -261,8 +265,8 @@ BUDGETS: dict[str, Budget] = {
     "smoke": Budget(table_images=16, sweep_images=8, dag_steps=3, seeds=(0, 1), sweep_steps=2, rap_steps=2),
     # 2 CPU cores: subsets of the test split for tables and sweeps, three seeds
     "default": Budget(table_images=72, sweep_images=24, dag_steps=10, seeds=(0, 1, 2), recipe_epochs=2),
-    "voc": Budget(table_images=4952, sweep_images=500, dag_steps=20, seeds=(0,)),
-    "coco": Budget(table_images=5000, sweep_images=500, dag_steps=20, seeds=(0,)),
+    "voc": Budget(table_images=4952, sweep_images=500, dag_steps=150, seeds=(0,)),  # the papers: DAG 150 steps
+    "coco": Budget(table_images=5000, sweep_images=500, dag_steps=150, seeds=(0,)),
 }
 
 

@@ -87,3 +87,15 @@ def test_streamed_transfer_set_is_written_batch_by_batch_and_equals_the_in_memor
     # a second streamed table reads the set from disk
     again = robustness_table({"v": victim}, attacks, data, None, classes, cache=AdversarialCache(tmp_path / "s"), **kw)
     assert again.cells[0].cached and again.get("v", "transfer") == a.get("v", "transfer")
+
+
+def test_real_data_profiles_stream_their_evaluation_split(tiny_voc):
+    from advlib.experiment import Experiment
+
+    exp = Experiment(profile="voc", data_root=tiny_voc, image_size=64, device="cpu", progress=False)
+    images, targets = exp.eval_data
+    assert isinstance(images, ImageSet) and images.shape == (len(targets), 3, 64, 64)
+    sub = images[:3]
+    assert isinstance(sub, ImageSet) and len(sub) == 3 and torch.equal(images[1], sub.load()[0][1])
+    default = Experiment(profile="smoke", data_root=tiny_voc, device="cpu", progress=False)
+    assert isinstance(default.eval_data[0], torch.Tensor)
