@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,24 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from run import timeit  # noqa: E402  (benchmarks/run.py: the median of repeats after a warm-up)
+
 NVIDIA_SSD300_AMP_A100 = 663.0  # img/s, NVIDIA DeepLearningExamples SSD300 v1.1, 1x A100-80GB, AMP
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device, repeats: int) -> float:
-    fn()  # warm-up (cuDNN autotuning, allocator)
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def batch(n: int, size: int, num_classes: int, device, seed: int = 0):
@@ -106,7 +89,7 @@ def measure(backbone: str, device: torch.device, size: int, bs: int, repeats: in
     out = {"backbone": backbone, "image_size": size, "batch": bs, "channels_last": channels_last}
     for name, fn in (("train_fp32", lambda: train_step(False)), ("train_amp", lambda: train_step(True)),
                      ("pgd_step", pgd_step), ("eval", detect)):
-        s = _timed(fn, device, repeats)
+        s = timeit(fn, device, repeats, warmup=1)
         out[f"{name}_s"] = s
         out[f"{name}_images_per_s"] = bs / s
     out["pgd_step_over_train_step"] = out["pgd_step_s"] / out["train_fp32_s"]
