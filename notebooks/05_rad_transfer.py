@@ -40,7 +40,7 @@ from advlib.experiment import setup
 from advlib.papers import catalogue, rad
 from advlib.papers import rad_plots
 from advlib.results import gate_claims, scorecard
-from advlib.robustness import mean_ap, robustness_table
+from advlib.robustness import robustness_table
 
 t_start = time.perf_counter()
 exp = setup(profile=profile, data_root=data_root, data_format=data_format, classes=classes, device=device,
@@ -58,7 +58,7 @@ print(note)
 # %%
 zoo = rad.zoo(exp, rb)
 models = {name: tm.model for name, tm in zoo.items()}
-clean = pd.DataFrame({"clean mAP@0.5": {n: mean_ap(m, images, targets, exp.num_classes).map for n, m in models.items()},
+clean = pd.DataFrame({"clean mAP@0.5": rad.clean_maps(models, images, targets, exp.classes, exp.data_id),
                       "train seconds": {n: round(tm.meta.get("train_seconds") or 0) for n, tm in zoo.items()}})
 clean["bar ≥ 0.6"] = clean["clean mAP@0.5"] >= 0.6
 display(clean.round(3))
@@ -143,7 +143,7 @@ display(rad.TABLE8.frame().round(3).style.set_caption(f"{rad.TABLE8.source}: {ra
 # %%
 aoco_spec = rad.budgeted(rad.rad(technique="SI"), rb)  # Table 3's RAD row
 aoco_path, aoco_x, aoco_t = rad.saved_set(exp, models[SURROGATE], aoco_spec, x, t)
-aoco = rad.set_table(models, x, t, aoco_x, aoco_t, exp.num_classes)
+aoco = rad.set_table(models, x, t, aoco_x, aoco_t, exp.classes, exp.data_id)
 print(f"RMSE of the saved set: {rad.rmse_levels(aoco_x, x):.2f} pixel levels (paper: {rad.TABLE5_RMSE})")
 display(aoco.round(3))
 gap = max(abs(aoco.loc[n, "saved set"] - t3.get(n, "RAD")) for n in models)
@@ -152,11 +152,11 @@ display(rad.TABLE5.frame().round(3).style.set_caption(f"{rad.TABLE5.source} (RMS
 
 # %% [markdown]
 # ## Beyond the paper: does RAD transfer to adversarially trained detectors?
-# The robust SSDs of notebooks 01-04 (`advlib.papers.catalogue`: each exactly as its notebook trains it, looked up in the model cache, never trained here) on the same saved set: clean mAP, mAP on the set and the drop in points. Models their notebook has not trained under this profile are listed as missing. None of them was trained against RAD; the surrogate is the STD-backbone SSD above.
+# The robust SSDs of notebooks 01-04 (`advlib.papers.catalogue`: each exactly as its notebook trains it, looked up in the model cache, never trained here) on the same saved set: clean mAP, mAP on the set and the drop in points. Models their notebook has not trained under this profile are listed as missing. None of them was trained against RAD. STD is the surrogate itself (SSD-VGG above), so its row is white-box.
 
 # %%
 robust, missing = catalogue.cached_models(exp)
-beyond = rad.set_table({n: tm.model for n, tm in robust.items()}, x, t, aoco_x, aoco_t, exp.num_classes)
+beyond = rad.set_table({n: tm.model for n, tm in robust.items()}, x, t, aoco_x, aoco_t, exp.classes, exp.data_id)
 notebook_of = {e.name: e.notebook for e in catalogue.entries(exp.profile.name)}
 beyond.insert(0, "notebook", [notebook_of[n] for n in beyond.index])
 display(beyond.round(3))

@@ -72,7 +72,7 @@ def test_set_table_drop_in_points_against_direct_evaluation(tiny_test):
     x, t = collate([tiny_test[i] for i in range(4)])
     m = make_model().eval()
     noisy = (x + 0.2 * torch.rand_like(x)).clamp(0, 1)
-    tab = rad.set_table({"a": m}, x, t, noisy, t, 12)
+    tab = rad.set_table({"a": m}, x, t, noisy, t, [str(i) for i in range(12)])
     with torch.no_grad():
         clean_map = evaluate_voc(m.detect(x), t, 12).map
         noisy_map = evaluate_voc(m.detect(noisy), t, 12).map
