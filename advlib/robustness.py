@@ -331,19 +331,23 @@ def _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_siz
     if steps is not None:
         positive = sorted({s for s in steps if s > 0})
         long = spec.replace(steps=max(positive)) if positive else spec
-        snaps = adversarial_images(model, images, targets, long, batch_size, progress=progress,
-                                   snapshots=positive) if positive else {}
+        dets = {0: detect_all(model, images)} if 0 in steps else {}
+        if positive:  # one attack run, its snapshots detected batch by batch (nothing of the set's size held)
+            mine: dict[int, list] = {s: [] for s in positive}
+            for _, snaps in crafted_batches(model, images, targets, long, batch_size, progress, snapshots=positive):
+                for s in positive:
+                    with torch.no_grad():
+                        x = round_8bit(snaps[s]).to(model_device(model))
+                        mine[s].append([{k: v.cpu() for k, v in d.items()} for d in model.detect(x)])
+            for s in positive:
+                dets[s] = [d for batch in interleave(gather(mine[s])) for d in batch]
         for s in steps:
-            adv = images if s == 0 else round_8bit(snaps[s])
-            m = mean_ap(model, adv, targets, num_classes).map
+            m = evaluate_voc(dets[s], targets, num_classes).map
             rows.append({"eps": spec.eps, "eps_px": spec.eps * 255, "steps": s, "map": m,
                          "spec": spec.replace(steps=max(s, 1)).to_dict()})
     else:
         for e in eps:
-            if e == 0:
-                adv, sp = images, spec.replace(eps=0.0)
-            else:
-                sp = spec.replace(eps=e)
+            sp = spec.replace(eps=float(e))
             dets = attacked_detections(model, images, targets, None if e == 0 else sp, batch_size, progress)
             rows.append({"eps": e, "eps_px": e * 255, "steps": spec.steps,
                          "map": evaluate_voc(dets, targets, num_classes).map, "spec": sp.to_dict()})

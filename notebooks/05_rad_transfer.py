@@ -15,7 +15,7 @@
 #
 # RAD attacks a surrogate detector's *relevance map* (multi-node SGLRP: how each pixel contributes to the most confident boxes' classes) instead of its predictions, on the premise that relevance maps are alike across detectors, so that the perturbation transfers to black-box detectors of other architectures. This notebook measures how alike our detectors' maps are (Fig. 1/5), which nodes to attack (Table 1), which update technique transfers (Table 2), RAD against the other transfer attacks (Table 3), the node-selection settings (Table 7), ε (Fig. 7), two surrogates (Table 8), the saved adversarial set read back from disk (AOCO, Table 5) and one image over RAD's iterations (Fig. 8), and checks the claims on this run.
 #
-# **Our setting.** The paper: nine COCO detectors (M1-M9), YOLOv3 as the surrogate. Ours: a zoo of small detectors of several families trained on the default data (`advlib.papers.rad.ZOO`: SSDs on two backbones, RetinaNets on two backbones, FCOS, Faster R-CNN; every family but the SSD starts from the STD backbone of its seed, `Experiment.vanilla`), surrogates our SSD and RetinaNet (the families the relevance rules cover). Relevance: `advlib.attacks.relevance` (z^B on the normalised image, z+ elsewhere, the official code's rescaled dual term). RAD: 10 steps of 2/255 within 16/255 with the mean-L1 update (eq. 5), nodes re-selected every step. Our stand-ins: the paper's classification attacks (PGD, SI-PGD, MI-DI-PGD, MI-TI-PGD) ran on an InceptionV3 classifier; ours attack the surrogate's classification loss; the cross-domain generators are left out. Every table is attacks × models, the surrogate's column marked white-box; the paper's table is shown below ours (its columns are its models). "Points" are 0.01 mAP.
+# **Our setting.** The paper: nine COCO detectors (M1-M9), YOLOv3 as the surrogate. Ours: a zoo of small detectors of several families trained on the default data (`advlib.papers.rad.ZOO`: SSDs on two backbones, RetinaNets on two backbones, FCOS, Faster R-CNN; every family but the SSD starts from the STD backbone of its seed, `Experiment.vanilla`; the small-VGG models other than the SSD surrogate take other seeds, so that no model starts from a surrogate's weights), surrogates our SSD and RetinaNet (the families the relevance rules cover). Relevance: `advlib.attacks.relevance` (z^B on the normalised image, z+ elsewhere, the official code's rescaled dual term). RAD: 10 steps of 2/255 within 16/255 with the mean-L1 update (eq. 5), nodes re-selected every step. Our stand-ins: the paper's classification attacks (PGD, SI-PGD, MI-DI-PGD, MI-TI-PGD) ran on an InceptionV3 classifier; ours attack the surrogate's classification loss; the cross-domain generators are left out. Every table is attacks × models, the surrogate's column marked white-box; the paper's table is shown below ours (its columns are its models). "Points" are 0.01 mAP.
 
 # %% tags=["parameters"]
 import os
@@ -53,12 +53,13 @@ print(note)
 
 # %% [markdown]
 # ## The transfer zoo
-# Every detector's clean mAP@0.5 on all evaluation images and its training time (the issue's bar: every model ≥ 0.6 on the default test split; a transfer table against an untrained detector means nothing).
+# Every detector's clean mAP@0.5 on all evaluation images, its seed and its training time (the issue's bar: every model ≥ 0.6 on the default test split; a transfer table against an untrained detector means nothing). A family starts from the STD backbone of its seed; the small-VGG models other than the SSD surrogate have other seeds, so that none is a fine-tuned copy of a surrogate (which would make its column white-box in all but name).
 
 # %%
 zoo = rad.zoo(exp, rb)
 models = {name: tm.model for name, tm in zoo.items()}
 clean = pd.DataFrame({"clean mAP@0.5": rad.clean_maps(models, images, targets, exp.classes, exp.data_id),
+                      "seed": {n: tm.meta["spec"]["seed"] for n, tm in zoo.items()},
                       "train seconds": {n: round(tm.meta.get("train_seconds") or 0) for n, tm in zoo.items()}})
 clean["bar ≥ 0.6"] = clean["clean mAP@0.5"] >= 0.6
 display(clean.round(3))
@@ -144,7 +145,7 @@ display(rad.TABLE8.frame().round(3).style.set_caption(f"{rad.TABLE8.source}: {ra
 aoco_spec = rad.budgeted(rad.rad(technique="SI"), rb)  # Table 3's RAD row
 aoco_path, aoco_x, aoco_t = rad.saved_set(exp, models[SURROGATE], aoco_spec, x, t)
 aoco = rad.set_table(models, x, t, aoco_x, aoco_t, exp.classes, exp.data_id)
-print(f"RMSE of the saved set: {rad.rmse_levels(aoco_x, x):.2f} pixel levels (paper: {rad.TABLE5_RMSE})")
+print(f"RMSE of the saved set: {rad.rmse_levels(aoco_x, x):.2f} pixel levels (the paper's AOCO: {rad.TABLE5_RMSE['AOCO']})")
 display(aoco.round(3))
 gap = max(abs(aoco.loc[n, "saved set"] - t3.get(n, "RAD")) for n in models)
 print(f"re-read set against Table 3's RAD row: largest |Δ mAP| = {gap:.2e}; set at <cache>/adv/{aoco_path.name}")

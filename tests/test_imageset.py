@@ -64,6 +64,15 @@ def test_streamed_attack_table_and_sweep_equal_the_in_memory_ones(tiny_test):
     sa = sweep(model, SPEC, data, t, 12, eps=[0.0, 4 / 255], batch_size=4, progress=False, result_cache=False)
     sb = sweep(model, SPEC, x, t, 12, eps=[0.0, 4 / 255], batch_size=4, progress=False, result_cache=False)
     assert sa["map"].tolist() == pytest.approx(sb["map"].tolist(), abs=1e-9)
+    # a steps sweep: one attack run's snapshots, detected batch by batch, equal to detecting the whole
+    # snapshot sets (the in-memory route)
+    from advlib.evaluate import evaluate_voc
+
+    st = sweep(model, SPEC, data, t, 12, steps=[0, 1, 2], batch_size=4, progress=False, result_cache=False)
+    snaps = adversarial_images(model, x, t, SPEC, 4, progress=False, snapshots=[1, 2])
+    want = [evaluate_voc(detect_all(model, x), t, 12).map] + \
+        [evaluate_voc(detect_all(model, round_8bit(snaps[k]), 4), t, 12).map for k in (1, 2)]
+    assert st["map"].tolist() == pytest.approx(want, abs=1e-12)
 
 
 def test_streamed_transfer_set_is_written_batch_by_batch_and_equals_the_in_memory_one(tiny_test, tmp_path):

@@ -29,10 +29,15 @@ from advlib.papers.rad_claims import (  # the reported numbers and claims, re-ex
 from advlib.papers.rad_claims import __all__ as _claims_all
 from advlib.robustness import Transfer
 
-#: the transfer zoo: (name, detector family, backbone)
-ZOO = (("SSD-VGG", "ssd", "tiny_vgg"), ("SSD-ResNet", "ssd", "tiny_resnet"), ("RetinaNet", "retinanet", "tiny_vgg"),
-       ("RetinaNet-ResNet", "retinanet", "tiny_resnet"), ("FCOS", "fcos", "tiny_vgg"),
-       ("Faster R-CNN", "faster_rcnn", "tiny_vgg"))
+#: the transfer zoo: (name, detector family, backbone, seed offset). A family starts from the STD
+#: backbone of its seed (:meth:`Experiment.vanilla`), so a model on the small VGG of the SSD
+#: surrogate's seed would start from the surrogate's own weights and its "black-box" column would
+#: measure a fine-tuned copy of the surrogate: the other small-VGG families take other seeds (the
+#: experiment's seed plus the offset), so that no model starts from a surrogate's weights (the
+#: ResNet-style backbone's STD is trained from scratch, independent of both surrogates).
+ZOO = (("SSD-VGG", "ssd", "tiny_vgg", 0), ("SSD-ResNet", "ssd", "tiny_resnet", 0),
+       ("RetinaNet", "retinanet", "tiny_vgg", 2), ("RetinaNet-ResNet", "retinanet", "tiny_resnet", 0),
+       ("FCOS", "fcos", "tiny_vgg", 1), ("Faster R-CNN", "faster_rcnn", "tiny_vgg", 1))
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class RADBudget:
     eps_images: int
     similarity_images: int
     eps_px: tuple[float, ...] = (4.0, 8.0, 16.0, 32.0)
-    zoo: tuple[tuple[str, str, str], ...] = ZOO
+    zoo: tuple[tuple[str, str, str, int], ...] = ZOO
     surrogates: tuple[str, ...] = ("SSD-VGG", "RetinaNet")
     steps: int | None = None
 
@@ -83,10 +88,11 @@ def budget(profile_name: str) -> RADBudget:
 
 def zoo(exp, rb: RADBudget, cached_only: bool = False) -> dict:
     """``{name: TrainedModel}`` of the transfer zoo from the model cache (trained when missing):
-    every family's vanilla model of the experiment's seed (:meth:`Experiment.vanilla`)."""
+    every family's vanilla model of the experiment's seed plus the member's offset
+    (:meth:`Experiment.vanilla`, :data:`ZOO`)."""
     out = {}
-    for name, arch, backbone in rb.zoo:
-        tm = exp.vanilla(arch, backbone, seed=exp.seed, cached_only=cached_only)
+    for name, arch, backbone, offset in rb.zoo:
+        tm = exp.vanilla(arch, backbone, seed=exp.seed + offset, cached_only=cached_only)
         if tm is not None:
             out[name] = tm
     return out
@@ -143,7 +149,7 @@ def transfer_columns(rows: dict[str, AttackSpec | None], surrogate: str, rb: RAD
 
 def relevance_models(models: dict, rb: RADBudget) -> dict:
     """The zoo members whose relevance maps the rules cover (the SSD and RetinaNet families)."""
-    arch = {name: family for name, family, _ in rb.zoo}
+    arch = {z[0]: z[1] for z in rb.zoo}
     return {n: m for n, m in models.items() if arch[n] in ("ssd", "retinanet")}
 
 
