@@ -50,6 +50,13 @@ def test_cli_train_torchrun_and_adversarial_set(tiny_voc, tmp_path):
     ds = build_dataset(path, "voc", "test", size=64)
     assert len(ds) == 4
 
-    bad = subprocess.run([sys.executable, "-m", "advlib.cli", "adversarial-set", *common, "--recipe", "loc",
-                          "--parent", "std", "--attack", "A_cls"], capture_output=True, text=True, env=env, timeout=300)
-    assert bad.returncode != 0 and "is not in the model cache" in bad.stderr
+
+
+def test_adversarial_set_of_a_model_not_in_the_cache_says_how_to_train_it(tiny_voc, tmp_path, monkeypatch):
+    from advlib.cli import main
+
+    monkeypatch.setenv("ADVLIB_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit, match="is not in the model cache: train it first with `python -m advlib.cli train`"):
+        main(["adversarial-set", "--profile", "smoke", "--data-root", str(tiny_voc), "--recipe", "loc", "--parent",
+              "std", "--attack", "A_cls"])
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("*/model.pt"))  # nothing trained
