@@ -29,10 +29,18 @@ $(STAMP): constraints.txt pyproject.toml
 	$(PY) -c "import torch, torchvision; from torchvision.ops import nms; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $(STAMP)
 
+# nbval (the notebooks, two threads) runs beside the unit tests (one thread but for a few
+# multi-process tests), so that the two cores CI has are both busy; the smoke data is generated
+# first so that the two never generate it at once. Fails if either fails; nbval's log follows.
+NBVAL_LOG := $(JUPYTER_RUNTIME_DIR)/nbval.log
 test: env
 	mkdir -p $(IPYTHONDIR) $(JUPYTER_RUNTIME_DIR)
-	$(PY) -m pytest tests -q -x --durations=10
-	ADVLIB_PROFILE=smoke $(PY) -m pytest --nbval-lax -p no:cacheprovider $(NOTEBOOKS) -q --durations=10
+	$(PY) -m advlib.cli data --profile smoke
+	ADVLIB_PROFILE=smoke $(PY) -m pytest --nbval-lax -p no:cacheprovider $(NOTEBOOKS) -q --durations=10 \
+		> $(NBVAL_LOG) 2>&1 & nbval=$$!; \
+	$(PY) -m pytest tests -q -x --durations=10; unit=$$?; \
+	wait $$nbval; nb=$$?; echo "== nbval (exit $$nb)"; cat $(NBVAL_LOG); \
+	test $$unit -eq 0 && test $$nb -eq 0
 
 unit: env
 	$(PY) -m pytest tests -q
