@@ -137,10 +137,16 @@ def data_fingerprint(images: Tensor, targets: list[dict] | None = None) -> str:
     :class:`~advlib.imageset.ImageSet` hashes itself batch by batch, to the same digest)."""
     if hasattr(images, "fingerprint"):
         return images.fingerprint()
+    return pixels_fingerprint(tuple(images.shape), [images], targets)
+
+
+def pixels_fingerprint(shape: tuple[int, ...], batches, targets: list[dict] | None) -> str:
+    """:func:`data_fingerprint` of a set of ``shape`` given as consecutive image batches (the same
+    bytes in the same order, so a streamed set and its stacked tensor hash alike)."""
     h = hashlib.sha256()
-    u8 = to_uint8(images)
-    h.update(str(tuple(u8.shape)).encode())
-    h.update(u8.numpy().tobytes())
+    h.update(str(tuple(shape)).encode())
+    for images in batches:
+        h.update(to_uint8(images).numpy().tobytes())
     for t in targets or []:
         for k in ("boxes", "labels", "difficult"):
             if k in t:
@@ -339,4 +345,4 @@ from advlib.adv_cache import AdversarialCache  # noqa: E402  (its own module; re
 
 __all__ = ["AdversarialCache", "CacheNotWritableWarning", "CorruptCacheWarning", "ModelCache", "ResultCache",
            "atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "data_fingerprint", "hash_json",
-           "model_fingerprint", "round_8bit", "spec_key", "to_uint8"]
+           "model_fingerprint", "pixels_fingerprint", "round_8bit", "spec_key", "to_uint8"]

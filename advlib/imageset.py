@@ -12,7 +12,6 @@ do not depend on which of the two a run used.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from functools import cached_property
@@ -85,23 +84,19 @@ class ImageSet:
     def fingerprint(self) -> str:
         """:func:`advlib.cache.data_fingerprint` of the stacked images and targets, hashed batch by
         batch (the same bytes in the same order)."""
-        from advlib.cache import to_uint8
+        from advlib.cache import pixels_fingerprint
 
-        h = hashlib.sha256()
-        h.update(str(self.shape).encode())
-        for _, images, _ in self.batches(64):
-            h.update(to_uint8(images).numpy().tobytes())
-        for t in self.targets:
-            for k in ("boxes", "labels", "difficult"):
-                if k in t:
-                    h.update(k.encode())
-                    h.update(t[k].detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:20]
+        return pixels_fingerprint(self.shape, (images for _, images, _ in self.batches(64)), self.targets)
+
+
+def set_shape(images) -> tuple[int, ...]:
+    """``(N, 3, H, W)`` of a tensor or an :class:`ImageSet`."""
+    return tuple(images.shape)
 
 
 def set_length(images) -> int:
     """Images in a tensor or an :class:`ImageSet`."""
-    return len(images) if isinstance(images, ImageSet) else int(images.shape[0])
+    return set_shape(images)[0]
 
 
 def set_targets(images, targets: list[dict] | None) -> list[dict] | None:
@@ -130,5 +125,5 @@ def num_batches(images, batch_size: int) -> int:
     return math.ceil(set_length(images) / batch_size)
 
 
-__all__ = ["ImageSet", "iter_batches", "num_batches", "set_length", "set_targets"]
+__all__ = ["ImageSet", "iter_batches", "num_batches", "set_length", "set_shape", "set_targets"]
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from advlib.attacks import AttackSpec, attack
 from advlib.data import build_dataset
 from advlib.distributed import gather, interleave, is_main, my_chunks
-from advlib.imageset import ImageSet, iter_batches, num_batches, set_length, set_targets
+from advlib.imageset import ImageSet, iter_batches, num_batches, set_length, set_shape, set_targets
 from advlib.evaluate import evaluate_coco, evaluate_voc
 from advlib.utils import model_device, targets_to
 from advlib.cache import AdversarialCache, ResultCache, data_fingerprint, model_fingerprint, round_8bit
@@ -78,28 +78,30 @@ def crafted_batches(model, images, targets: list[dict] | None, spec: AttackSpec,
         yield c, ({k: v.cpu() for k, v in out.items()} if snapshots is not None else out.cpu())
 
 
-def set_shape(images) -> tuple[int, ...]:
-    return images.shape if isinstance(images, ImageSet) else tuple(images.shape)
+def _detect_cpu(model, x: Tensor) -> list[dict]:
+    """One batch's detections, moved to the CPU."""
+    with torch.no_grad():
+        return [{k: v.cpu() for k, v in d.items()} for d in model.detect(x.to(model_device(model), non_blocking=True))]
 
 
 def attacked_detections(model, images, targets: list[dict] | None, spec: AttackSpec | None, batch_size: int = 32,
                         progress: bool = True, keep: int | None = None):
     """Detections of ``model`` on every image after ``spec`` (``None``: clean), batch by batch:
-    attack, round to 8 bits, detect, keep only the detections, so that nothing of the size of
-    the set is held (``images`` a tensor or an :class:`~advlib.imageset.ImageSet`; under torchrun
-    each rank takes every W-th batch and all ranks get all detections). With ``keep``, returns
-    ``(detections, the first keep (adversarial) images [keep, 3, H, W])``."""
-    dev = model_device(model)
-    chunks = my_chunks(num_batches(images, batch_size))
+    attack (:func:`crafted_batches`), round to 8 bits, detect, keep only the detections, so that
+    nothing of the size of the set is held (``images`` a tensor or an
+    :class:`~advlib.imageset.ImageSet`; under torchrun each rank takes every W-th batch and all
+    ranks get all detections). With ``keep``, returns ``(detections, the first keep (adversarial)
+    images [keep, 3, H, W])``."""
+    if spec is None:
+        chunks = my_chunks(num_batches(images, batch_size))
+        batches = iter_batches(images, None, batch_size, chunks, pin_memory=model_device(model).type == "cuda")
+        source = ((c, x) for c, x, _ in tqdm(batches, total=len(chunks), desc="clean", leave=False,
+                                             disable=not (progress and is_main())))
+    else:
+        source = ((c, round_8bit(x)) for c, x in crafted_batches(model, images, targets, spec, batch_size, progress))
     mine, kept = [], []
-    batches = iter_batches(images, targets, batch_size, chunks, pin_memory=dev.type == "cuda")
-    desc = "clean" if spec is None else spec.label()
-    for _, x, t in tqdm(batches, total=len(chunks), desc=desc, disable=not (progress and is_main()), leave=False):
-        x = x.to(dev, non_blocking=True)
-        if spec is not None:
-            x = round_8bit(attack(model, x, None if targets is None else targets_to(dev, t), spec)).to(dev)
-        with torch.no_grad():
-            mine.append([{k: v.cpu() for k, v in d.items()} for d in model.detect(x)])
+    for _, x in source:
+        mine.append(_detect_cpu(model, x))
         if keep and sum(len(k) for k in kept) < keep:
             kept.append(x.cpu())
     dets = [d for batch in interleave(gather(mine)) for d in batch]
@@ -336,9 +338,7 @@ def _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_siz
             mine: dict[int, list] = {s: [] for s in positive}
             for _, snaps in crafted_batches(model, images, targets, long, batch_size, progress, snapshots=positive):
                 for s in positive:
-                    with torch.no_grad():
-                        x = round_8bit(snaps[s]).to(model_device(model))
-                        mine[s].append([{k: v.cpu() for k, v in d.items()} for d in model.detect(x)])
+                    mine[s].append(_detect_cpu(model, round_8bit(snaps[s])))
             for s in positive:
                 dets[s] = [d for batch in interleave(gather(mine[s])) for d in batch]
         for s in steps:

@@ -272,10 +272,7 @@ def train(
             except Exception as exc:  # corrupt, foreign or unsafe checkpoint: start over, loudly
                 warnings.warn(f"ignoring checkpoint {ckpt} ({exc}); training from scratch", stacklevel=2)
                 start_epoch, history = 0, []
-    if rank != 0:
-        ckpt_write, progress = None, False
-    else:
-        ckpt_write = ckpt
+    ckpt_write, progress = (ckpt, progress) if rank == 0 else (None, False)  # torchrun: rank 0 writes and reports
     bar = tqdm(total=total, initial=start_epoch * iters_per_epoch, desc=desc or recipe.name,
                disable=not progress, leave=False)
     shard = bs // shards
