@@ -121,9 +121,16 @@ def iter_batches(images, targets: list[dict] | None, batch_size: int, chunks: Se
         yield c, images[sl], None if targets is None else targets[sl]
 
 
+def in_memory(images) -> Tensor:
+    """A tensor's images unchanged, an :class:`ImageSet`'s read into one tensor: for the analyses
+    that index images freely (gradients, t-SNE, relevance maps), which take the small subsets
+    their budgets give them, never a whole real-data split."""
+    return images.load()[0] if isinstance(images, ImageSet) else images
+
+
 def num_batches(images, batch_size: int) -> int:
     return math.ceil(set_length(images) / batch_size)
 
 
-__all__ = ["ImageSet", "iter_batches", "num_batches", "set_length", "set_shape", "set_targets"]
+__all__ = ["ImageSet", "in_memory", "iter_batches", "num_batches", "set_length", "set_shape", "set_targets"]
 

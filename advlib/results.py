@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,27 @@ def scorecard(claims: list[Claim]):
 
 def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+# ------------------------------------------------------------------------ README blocks
+def readme_block(n: dict[str, int], heatmap: str, scorecard: str) -> str:
+    """The README's cross-method section body (between the ``matrix`` markers): the heat-map and
+    the scorecard's counts (``confirmed``, ``not confirmed``, ``not testable on this data``, ``total``)."""
+    return (f"![The cross-method matrix]({heatmap})\n\n"
+            f"Scorecard ([{scorecard}]({scorecard})): **{n['total']} claims of notebooks 01-05 and 06: "
+            f"{n['confirmed']} confirmed, {n['not confirmed']} not confirmed, "
+            f"{n['not testable on this data']} not testable on this data.**\n")
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced
+    by ``body``.
+
+    Raises:
+        ValueError: the markers are missing or out of order.
+    """
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    pat = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if not pat.search(text):
+        raise ValueError(f"no {start} ... {end} block to replace")
+    return pat.sub(lambda _: f"{start}\n{body.rstrip()}\n{end}", text, count=1)

@@ -18,7 +18,7 @@ def test_catalogue_finds_notebook_models_and_trains_nothing(tiny_voc, tmp_path, 
     monkeypatch.setenv("ADVLIB_CACHE_DIR", str(tmp_path / "cache"))
     exp = Experiment(profile="smoke", data_root=tiny_voc, device="cpu", zoo_root=tmp_path / "zoo", progress=False)
     names = [e.name for e in catalogue.entries("smoke")]
-    assert len(names) == len(set(names)) == 15
+    assert len(names) == len(set(names)) == 17
     # notebook 02's smoke budget trains one-step PGD recipes, and the names say so
     assert cwat.model_name("cwat", cwat.budget("smoke").train_steps) in names and "CWAT-1step" in names
 

@@ -154,13 +154,15 @@ def defence_recipe(defence: str, s1: Stage1 | None, ab: AdvAmdBudget, switches: 
     raise ValueError(f"unknown defence {defence!r}; expected AdvAmd, Adv-Train, Def-Distill or Benign FT")
 
 
-def reformer(exp, ab: AdvAmdBudget):
-    """MagNet's reformer, trained on the clean stage-1 subset (zoo; one for every detector)."""
+def reformer(exp, ab: AdvAmdBudget, cached_only: bool = False):
+    """MagNet's reformer, trained on the clean stage-1 subset (zoo; one for every detector; with
+    ``cached_only``, ``None`` when the cache lacks it: nothing is trained)."""
     from advlib.train import TrainConfig
 
     cfg = dataclasses.replace(TrainConfig.from_profile(exp.profile, seed=exp.seed), epochs=ab.magnet_epochs,
                               batch_size=ab.batch_size)
-    return exp.trained(ReconstructionRecipe(), cfg=cfg, train_images=ab.train_images, arch="magnet-reformer")
+    return exp.trained(ReconstructionRecipe(), cfg=cfg, train_images=ab.train_images, arch="magnet-reformer",
+                       **({"cached_only": True} if cached_only else {}))
 
 
 def magnet_threshold(exp, ab: AdvAmdBudget, ae: nn.Module) -> float:

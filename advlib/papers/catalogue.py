@@ -11,10 +11,12 @@ attack otherwise: ``MTD-1step``, ``CWAT`` = PGD-10), and which notebook trains i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
 from advlib.papers import advamd, cwat, mtd, robustdet  # importing mtd registers cls/loc/con/mtd
+from advlib.recipes import RECIPES
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,13 @@ class Entry:
     notebook: str
     training: str
     get: Callable
+    note: str = ""  # why a model is never cached (no notebook trains it), shown beside "missing"
+    setup: Callable | None = None  # (exp, seed) -> (recipe, TrainConfig, dataset) it trains with
+
+    def training_setup(self, exp, seed: int | None = None):
+        """``(recipe, cfg, dataset)`` this model is (or would be) fine-tuned with: what a short
+        instrumented run times (``None``: not a fine-tune of STD, e.g. MagNet)."""
+        return None if self.setup is None else self.setup(exp, exp.seed if seed is None else seed)
 
 
 def _std(exp, seed):
@@ -53,6 +62,74 @@ def _robustdet_row(variant: str):
     return get
 
 
+def _ft(recipe_of, epochs_of=None, images_of=None):
+    """A setup: ``recipe_of(exp)`` fine-tuned with the profile's fine-tuning schedule on
+    ``images_of(exp)`` training images (``None``: the split)."""
+    def setup(exp, seed):
+        n = None if images_of is None else images_of(exp)
+        n = None if n is None else min(n, len(exp.train_set))
+        epochs = None if epochs_of is None else epochs_of(exp)
+        return recipe_of(exp), exp.finetune_config(epochs, seed=seed), exp.train_subset(n)
+    return setup
+
+
+def _cwat_setup(recipe: str):
+    def epochs(exp):
+        return cwat.recipe_of(cwat.budget(exp.profile.name), recipe)[1]
+    return _ft(lambda exp: cwat.recipe_of(cwat.budget(exp.profile.name), recipe)[0], epochs,
+               lambda exp: cwat.budget(exp.profile.name).train_images)
+
+
+def _robustdet_setup(variant: str):
+    def setup(exp, seed):
+        rb = robustdet.budget(exp.profile.name)
+        recipe, cfg, data = _ft(lambda e: robustdet.recipe_of(rb, variant), lambda e: rb.epochs,
+                                lambda e: rb.train_images)(exp, seed)
+        return recipe, dataclasses.replace(cfg, batch_size=rb.batch_size), data
+    return setup
+
+
+def _advamd_setup(defence: str):
+    def setup(exp, seed):
+        ab = advamd.budget(exp.profile.name)
+        s1 = advamd.stage1(exp, ab, "ssd", *ab.seed_setting, seed=seed, cached_only=True)
+        if s1 is None:
+            return None
+        return (advamd.defence_recipe(defence, s1, ab), advamd.finetune_config(exp, ab, seed),
+                exp.train_subset(ab.train_images))
+    return setup
+
+
+def _protocol_row(key: str):
+    def get(exp, seed):
+        return mtd.PROTOCOLS[key].train(exp, seed=seed, cached_only=True)
+    return get
+
+
+def _never(exp, seed):
+    return None
+
+
+def _magnet(exp, seed):
+    """MagNet as notebook 04 builds it: the cached STD model behind the zoo's reformer, with the
+    rejection threshold set on held-out clean training images (the reformer is trained once, with
+    the experiment's seed, so MagNet exists for that seed only)."""
+    from advlib.experiment import TrainedModel
+    from advlib.models.magnet import MagNetDetector
+
+    if seed != exp.seed:
+        return None
+    ab = advamd.budget(exp.profile.name)
+    std, ae = exp.trained("std", seed=seed, cached_only=True), advamd.reformer(exp, ab, cached_only=True)
+    if std is None or ae is None:
+        return None
+    threshold = advamd.magnet_threshold(exp, ab, ae.model)
+    return TrainedModel(MagNetDetector(std.model, ae.model, threshold).eval(),
+                        {"key": f"magnet:{std.key}:{ae.key}", "spec": {"detector": std.key, "reformer": ae.key,
+                                                                       "threshold": threshold},
+                         "train_seconds": ae.meta.get("train_seconds")})
+
+
 def _advamd_row(defence: str):
     def get(exp, seed):
         ab = advamd.budget(exp.profile.name)
@@ -61,6 +138,10 @@ def _advamd_row(defence: str):
             return None
         return advamd.fine_tuned(exp, ab, "ssd", advamd.defence_recipe(defence, s1, ab), seed, cached_only=True)
     return get
+
+
+#: notebook 01's robust-training protocols (:data:`advlib.papers.mtd.PROTOCOLS`) by row name
+PROTOCOL_NAMES = {"scratch-1step": "MTD-1step (scratch)", "finetune-pgd3": "MTD-PGD3"}
 
 
 def entries(profile_name: str) -> tuple[Entry, ...]:
@@ -72,20 +153,34 @@ def entries(profile_name: str) -> tuple[Entry, ...]:
     fgsm = f"fine-tuned from STD, one FGSM step of ε = {mtd.EPS * 255:g}/255"
     pgd = f"fine-tuned from STD, {cb.train_steps}-step PGD at ε = {cwat.EPS * 255:g}/255"
     free = f"fine-tuned from STD, free adversarial training ({cb.replays} replays)"
+    protocols = tuple(Entry(PROTOCOL_NAMES[p], "01", mtd.PROTOCOLS[p].label + " (robust-training protocol study)",
+                            _protocol_row(p), setup=_ft(lambda exp, p=p: RECIPES.build("mtd", steps=mtd.PROTOCOLS[p].steps),
+                                                        lambda exp, p=p: mtd.PROTOCOLS[p].epochs))
+                      for p in mtd.budget(profile_name).protocols)
+
+    def mtd01(r):
+        return _ft(lambda exp: RECIPES.build(r))
     return (
-        Entry("STD", "00/01", "clean training", _std),
-        Entry("CLS-1step", "01", fgsm + " on the classification loss", _mtd_row("cls")),
-        Entry("LOC-1step", "01", fgsm + " on the localisation loss", _mtd_row("loc")),
-        Entry("CON-1step", "01", fgsm + " on the multibox loss", _mtd_row("con")),
-        Entry("MTD-1step", "01", fgsm + " per task domain, the larger-loss one (MTD)", _mtd_row("mtd")),
-        Entry("MTD-fast", "02", free + ", MTD", _cwat_row("mtd-fast")),
-        *(Entry(cwat.model_name(r, cb.train_steps), "02", f"{pgd}, {r.upper()}", _cwat_row(r))
+        Entry("STD", "00/01", "clean training", _std, setup=mtd01("std")),
+        Entry("CLS-1step", "01", fgsm + " on the classification loss", _mtd_row("cls"), setup=mtd01("cls")),
+        Entry("LOC-1step", "01", fgsm + " on the localisation loss", _mtd_row("loc"), setup=mtd01("loc")),
+        Entry("CON-1step", "01", fgsm + " on the multibox loss", _mtd_row("con"), setup=mtd01("con")),
+        Entry("MTD-1step", "01", fgsm + " per task domain, the larger-loss one (MTD)", _mtd_row("mtd"),
+              setup=mtd01("mtd")),
+        *protocols,
+        Entry("MTD-PGD10", "-", "MTD with 10 PGD steps per task domain", _never,
+              "no notebook trains it: notebook 02 only times its recipe (training cost)",
+              setup=_ft(lambda exp: RECIPES.build("mtd", steps=10))),
+        Entry("MTD-fast", "02", free + ", MTD", _cwat_row("mtd-fast"), setup=_cwat_setup("mtd-fast")),
+        *(Entry(cwat.model_name(r, cb.train_steps), "02", f"{pgd}, {r.upper()}", _cwat_row(r), setup=_cwat_setup(r))
           for r in ("toat", "owat", "cwat")),
-        Entry("CWAT-fast", "02", free + ", CWAT", _cwat_row("cwat-fast")),
-        Entry("RobustDet", "03", "fine-tuned from STD, RobustDet (ARD + AID)", _robustdet_row("RobustDet")),
-        Entry("RobustDet*", "03", "fine-tuned from STD, RobustDet with CFR", _robustdet_row("RobustDet*")),
-        *(Entry(f"{d} ({setting})", "04", f"fine-tuned from STD on stage 1 of {setting}, {d}", _advamd_row(d))
-          for d in ("Adv-Train", "Def-Distill", "AdvAmd")),
+        Entry("CWAT-fast", "02", free + ", CWAT", _cwat_row("cwat-fast"), setup=_cwat_setup("cwat-fast")),
+        *(Entry(v, "03", f"fine-tuned from STD, {how}", _robustdet_row(v), setup=_robustdet_setup(v))
+          for v, how in (("RobustDet", "RobustDet (ARD + AID)"), ("RobustDet*", "RobustDet with CFR"))),
+        *(Entry(f"{d} ({setting})", "04", f"fine-tuned from STD on stage 1 of {setting}, {d}", _advamd_row(d),
+                setup=_advamd_setup(d)) for d in ("Adv-Train", "Def-Distill", "AdvAmd")),
+        Entry("MagNet", "04", "STD behind MagNet's reformer and rejection detector (the detector is not retrained)",
+              _magnet),
     )
 
 

@@ -155,6 +155,15 @@ def budget(profile_name: str) -> CWATBudget:
     return BUDGETS.get(profile_name, BUDGETS["default"])
 
 
+def recipe_of(cb: CWATBudget, recipe: str, **betas):
+    """``(recipe object, epochs)`` of a CWAT-notebook model (:func:`trained`): PGD recipes with
+    ``cb.train_steps`` steps for ``cb.epochs`` epochs, fast ones with ``cb.replays`` replays for
+    ``cb.epochs / cb.replays`` epochs."""
+    if recipe in ("cwat-fast", "mtd-fast"):
+        return RECIPES.build(recipe, replays=cb.replays), cb.epochs // cb.replays
+    return RECIPES.build(recipe, steps=cb.train_steps, **betas), cb.epochs
+
+
 def trained(exp, cb: CWATBudget, recipe: str, seed: int | None = None, cached_only: bool = False, **betas):
     """A CWAT-notebook model from the cache (trained if missing), fine-tuned from the STD model of
     the same seed: PGD recipes (``toat``/``owat``/``cwat``) with ``cb.train_steps`` steps for
@@ -162,9 +171,7 @@ def trained(exp, cb: CWATBudget, recipe: str, seed: int | None = None, cached_on
     epochs of ``cb.replays`` replays, on ``cb.train_images`` training images (at most the split).
     Returns a :class:`~advlib.experiment.TrainedModel` (``None`` with ``cached_only`` when the
     cache lacks it: nothing is trained)."""
-    fast = recipe in ("cwat-fast", "mtd-fast")
-    r = RECIPES.build(recipe, replays=cb.replays) if fast else RECIPES.build(recipe, steps=cb.train_steps, **betas)
-    epochs = cb.epochs // cb.replays if fast else cb.epochs
+    r, epochs = recipe_of(cb, recipe, **betas)
     n = None if cb.train_images is None else min(cb.train_images, len(exp.train_set))  # user data may be smaller
     return exp.trained(r, parent="std", seed=seed, cfg=exp.finetune_config(epochs, seed=seed), train_images=n,
                        **({"cached_only": True} if cached_only else {}))
@@ -215,7 +222,9 @@ def training_cost(model, dataset, recipes: Mapping[str, object], cfg, epochs: in
     for name, recipe in recipes.items():
         m = int(getattr(recipe, "replays", 1))
         e = epochs // m if m > 1 else epochs
-        hist = train(copy.deepcopy(model), dataset, recipe, dataclasses.replace(cfg, epochs=e), device=device,
+        prepare = getattr(recipe, "prepare_model", None)  # a recipe that trains another architecture
+        start = copy.deepcopy(model) if prepare is None else prepare(copy.deepcopy(model))
+        hist = train(start, dataset, recipe, dataclasses.replace(cfg, epochs=e), device=device,
                      progress=False)
         secs = sum(h["seconds"] for h in hist)
         rows.append({"recipe": name, "epochs": e, "iterations": sum(h["iterations"] for h in hist),

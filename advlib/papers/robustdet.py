@@ -233,16 +233,21 @@ VARIANTS = {"RobustDet": ("robustdet", {}), "RobustDet*": ("robustdet-cfr", {}),
             "RobustDet* w/o L_re": ("robustdet-cfr", {"recon_loss": False})}
 
 
+def recipe_of(rb: RobustDetBudget, variant: str = "RobustDet"):
+    """The recipe object of a RobustDet variant (:data:`VARIANTS`) under ``rb``."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown RobustDet variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    name, switches = VARIANTS[variant]
+    return RECIPES.build(name, steps=rb.steps, **switches)
+
+
 def trained(exp, rb: RobustDetBudget, variant: str = "RobustDet", seed: int | None = None,
             epochs: int | None = None, cached_only: bool = False):
     """A RobustDet variant (:data:`VARIANTS`) from the model cache (trained if missing), built from
     and fine-tuned from the STD model of the same seed on ``rb.train_images`` training images for
     ``epochs`` (default ``rb.epochs``) epochs of ``rb.batch_size`` clean images (at most the
     split). With ``cached_only``, ``None`` when the cache lacks it (nothing is trained)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown RobustDet variant {variant!r}; expected one of {sorted(VARIANTS)}")
-    name, switches = VARIANTS[variant]
-    recipe = RECIPES.build(name, steps=rb.steps, **switches)
+    recipe = recipe_of(rb, variant)
     cfg = dataclasses.replace(exp.finetune_config(rb.epochs if epochs is None else epochs, seed=seed),
                               batch_size=rb.batch_size)
     n = None if rb.train_images is None else min(rb.train_images, len(exp.train_set))
