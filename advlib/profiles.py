@@ -80,7 +80,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", data_format="synthetic", train_split="trainval", test_split="test", image_size=64,
         backbone="tiny_vgg", second_backbone="tiny_resnet", train=dataclasses.replace(_ADAMW, epochs=3),
-        finetune_epochs=1, n_trainval=160, n_test=32, eval_images=32, attack_steps=2,
+        finetune_epochs=1, n_trainval=160, n_test=32, eval_images=32, attack_steps=2, stream_eval=True,
     ),
     "default": Profile(
         name="default", data_format="synthetic", train_split="trainval", test_split="test", image_size=128,

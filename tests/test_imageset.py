@@ -106,5 +106,32 @@ def test_real_data_profiles_stream_their_evaluation_split(tiny_voc):
     assert isinstance(images, ImageSet) and images.shape == (len(targets), 3, 64, 64)
     sub = images[:3]
     assert isinstance(sub, ImageSet) and len(sub) == 3 and torch.equal(images[1], sub.load()[0][1])
-    default = Experiment(profile="smoke", data_root=tiny_voc, device="cpu", progress=False)
+    # the smoke profile streams too (CI runs every notebook on the real-data route); the default
+    # profile keeps its in-memory tensor
+    assert isinstance(Experiment(profile="smoke", data_root=tiny_voc, device="cpu", progress=False).eval_data[0], ImageSet)
+    default = Experiment(profile="default", data_root=tiny_voc, image_size=64, device="cpu", progress=False)
     assert isinstance(default.eval_data[0], torch.Tensor)
+
+
+def test_paper_analyses_give_the_same_numbers_on_a_streamed_set(tiny_test):
+    """The analyses the notebooks run on the evaluation split take a streamed set too, with the
+    numbers of the stacked tensor (the voc/coco profiles stream; smoke runs them in CI)."""
+    from advlib.attacks import fgsm
+    from advlib.data import collate
+    from advlib.papers import cwat, mtd, rad
+    from conftest import make_model
+
+    model = make_model(0).eval()
+    stream = ImageSet(tiny_test, range(6))
+    x, t = collate([tiny_test[i] for i in range(6)])
+    assert mtd.candidate_anchor_metrics(model, stream, stream.targets, batch_size=4) == \
+        mtd.candidate_anchor_metrics(model, x, t, batch_size=4)
+    a = mtd.task_interaction(model, stream, stream.targets, result_cache=False)
+    b = mtd.task_interaction(model, x, t, result_cache=False)
+    assert a == b
+    assert torch.equal(mtd.gradient_cosines(model, stream, t, batch_size=4, result_cache=False),
+                       mtd.gradient_cosines(model, x, t, batch_size=4, result_cache=False))
+    spec = fgsm("cls")
+    assert cwat.clip_rates(model, stream, t, spec, [1.0, 6.0], batch_size=4).equals(
+        cwat.clip_rates(model, x, t, spec, [1.0, 6.0], batch_size=4))
+    assert rad.rmse_levels(stream, x) == 0.0

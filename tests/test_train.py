@@ -157,3 +157,26 @@ def test_amp_trains_in_bfloat16_on_cpu_keeps_attacks_float32_and_enters_the_key_
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = attack(model, x, t, spec)
     assert torch.equal(plain, inside)
+
+
+def test_channels_last_is_a_layout_same_weights_same_key_model_handed_back_contiguous(tiny_train):
+    import dataclasses
+
+    from advlib.recipes import StandardRecipe
+    from advlib.train import TrainConfig, train
+    from conftest import make_model
+
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_frac=0.0, augment=True)
+    cl = dataclasses.replace(cfg, channels_last=True)
+    assert cl.key_dict() == cfg.key_dict()  # a memory layout: the same model-cache key
+    seen = []
+    a, b = make_model(seed=0), make_model(seed=0)
+    conv = next(m for m in b.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = conv.register_forward_pre_hook(lambda m, i: seen.append(i[0].is_contiguous(memory_format=torch.channels_last)))
+    train(a, tiny_train, StandardRecipe(), cfg, progress=False)
+    train(b, tiny_train, StandardRecipe(), cl, progress=False)
+    hook.remove()
+    assert seen and all(seen)  # the batches did run channels-last
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(p.float(), q.float(), atol=1e-4, rtol=1e-3), name
+        assert q.is_contiguous(), name  # handed back in the ordinary layout

@@ -89,14 +89,21 @@ def _robustdet_setup(variant: str):
     return setup
 
 
+def _advamd_recipe(exp, defence: str, seed: int):
+    """``(budget, recipe)`` of an AdvAmd-notebook defence on the SSD in the seed setting, ``None``
+    when its stage 1 is not cached (nothing is computed)."""
+    ab = advamd.budget(exp.profile.name)
+    s1 = advamd.stage1(exp, ab, "ssd", *ab.seed_setting, seed=seed, cached_only=True)
+    return None if s1 is None else (ab, advamd.defence_recipe(defence, s1, ab))
+
+
 def _advamd_setup(defence: str):
     def setup(exp, seed):
-        ab = advamd.budget(exp.profile.name)
-        s1 = advamd.stage1(exp, ab, "ssd", *ab.seed_setting, seed=seed, cached_only=True)
-        if s1 is None:
+        found = _advamd_recipe(exp, defence, seed)
+        if found is None:
             return None
-        return (advamd.defence_recipe(defence, s1, ab), advamd.finetune_config(exp, ab, seed),
-                exp.train_subset(ab.train_images))
+        ab, recipe = found
+        return recipe, advamd.finetune_config(exp, ab, seed), exp.train_subset(ab.train_images)
     return setup
 
 
@@ -132,11 +139,8 @@ def _magnet(exp, seed):
 
 def _advamd_row(defence: str):
     def get(exp, seed):
-        ab = advamd.budget(exp.profile.name)
-        s1 = advamd.stage1(exp, ab, "ssd", *ab.seed_setting, seed=seed, cached_only=True)
-        if s1 is None:
-            return None
-        return advamd.fine_tuned(exp, ab, "ssd", advamd.defence_recipe(defence, s1, ab), seed, cached_only=True)
+        found = _advamd_recipe(exp, defence, seed)
+        return None if found is None else advamd.fine_tuned(exp, found[0], "ssd", found[1], seed, cached_only=True)
     return get
 
 

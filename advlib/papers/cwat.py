@@ -36,6 +36,7 @@ from advlib.papers.cwat_claims import (  # the reported numbers and claims, re-e
     TABLE3, TABLE3_ATTACKS, TABLE3_MODELS, TABLE4, TABLE5, claims, class_spread, mean_adversarial, seed_comparison,
     seed_spread, table3_frame)
 from advlib.papers.cwat_claims import __all__ as _claims_all
+from advlib.imageset import iter_batches
 from advlib.robustness import mean_ap
 from advlib.utils import eval_mode, model_device, targets_to
 
@@ -274,8 +275,8 @@ def clip_rates(model, images: Tensor, targets: list[dict], spec: AttackSpec | No
     dev = model_device(model)
     img_c, img_l, obj_c, obj_l = [], [], [], []
     with eval_mode(model):
-        for i in range(0, images.shape[0], batch_size):
-            x, t = images[i:i + batch_size].to(dev), targets_to(dev, targets[i:i + batch_size])
+        for _, x, t in iter_batches(images, targets, batch_size):  # a tensor or a streamed ImageSet
+            x, t = x.to(dev), targets_to(dev, t)
             matched = match_targets(model, t)
             if spec is not None:
                 x = attack(model, x, t, spec, matched=matched)

@@ -19,7 +19,8 @@ from advlib.attacks import AttackSpec, attack, fgsm, pgd, task_input_gradients
 from advlib.losses import batched_box_iou, match_targets, pad_targets
 from advlib.recipes import RECIPES, AdversarialRecipe
 from advlib.results import Claim, Reported, check
-from advlib.robustness import adversarial_images
+from advlib.imageset import in_memory, iter_batches
+from advlib.robustness import crafted_batches
 from advlib.utils import eval_mode, model_device, targets_to
 from advlib.cache import ResultCache, data_fingerprint, model_fingerprint
 
@@ -154,22 +155,27 @@ def budget(profile_name: str) -> MTDBudget:
 
 
 # ------------------------------------------------------------------------------- analyses
-@torch.no_grad()
 def candidate_anchor_metrics(model, images: Tensor, targets: list[dict], iou_thresh: float = 0.5,
                              batch_size: int = 64) -> dict[str, float]:
     """Fig. 3a: on candidate anchors (prior box IoU > ``iou_thresh`` with a ground truth),
     classification accuracy (argmax class == ground-truth class) and mean IoU between the decoded
-    box and that ground truth, before NMS.
+    box and that ground truth, before NMS. ``images``: a tensor or a streamed ImageSet.
 
     Returns:
         ``{"accuracy", "mean_iou", "candidates"}``.
     """
+    return _anchor_metrics(model, ((x, t) for _, x, t in iter_batches(images, targets, batch_size)), iou_thresh)
+
+
+@torch.no_grad()
+def _anchor_metrics(model, batches, iou_thresh: float = 0.5) -> dict[str, float]:
+    """:func:`candidate_anchor_metrics` summed over ``(images, targets)`` batches."""
     correct, iou_sum, n = 0.0, 0.0, 0
     dev = model_device(model)
     with eval_mode(model):
-        for i in range(0, images.shape[0], batch_size):
-            x = images[i:i + batch_size].to(dev)
-            gt_boxes, gt_labels = pad_targets(targets[i:i + batch_size], dev)  # [B, M, 4], [B, M]
+        for x, t in batches:
+            x = x.to(dev)
+            gt_boxes, gt_labels = pad_targets(t, dev)  # [B, M, 4], [B, M]
             prior_iou = batched_box_iou(gt_boxes, model.anchors)  # [B, M, A]
             prior_iou = torch.where(gt_labels[..., None] > 0, prior_iou, torch.full_like(prior_iou, -1.0))
             best, obj = prior_iou.max(1)  # [B, A]
@@ -187,9 +193,10 @@ def candidate_anchor_metrics(model, images: Tensor, targets: list[dict], iou_thr
 
 
 def task_gradients(model, images: Tensor, targets: list[dict]) -> tuple[Tensor, Tensor]:
-    """Fig. 3b: input gradients ``(g_cls, g_loc)`` of the two task losses, each ``[B, 3, H, W]``."""
+    """Fig. 3b: input gradients ``(g_cls, g_loc)`` of the two task losses, each ``[B, 3, H, W]``
+    (``images``: one batch, a tensor or a small streamed ImageSet)."""
     with eval_mode(model):
-        return task_input_gradients(model, images, match_targets(model, targets))
+        return task_input_gradients(model, in_memory(images), match_targets(model, targets))
 
 
 def gradient_cosine(g_a: Tensor, g_b: Tensor) -> Tensor:
@@ -213,9 +220,9 @@ def task_interaction(model, images: Tensor, targets: list[dict], eps: float = EP
 
     def compute() -> dict:
         out = {"clean": candidate_anchor_metrics(model, images, targets)}
-        for name, spec in specs.items():
-            out[name] = candidate_anchor_metrics(model, adversarial_images(model, images, targets, spec,
-                                                                           progress=False), targets)
+        for name, spec in specs.items():  # attacked batch by batch: no adversarial set is held
+            out[name] = _anchor_metrics(model, ((adv, targets[c * 32:(c + 1) * 32]) for c, adv in
+                                                crafted_batches(model, images, targets, spec, 32, progress=False)))
         out["spec"] = {k: v.to_dict() for k, v in specs.items()}
         return out
 
@@ -230,9 +237,8 @@ def gradient_cosines(model, images: Tensor, targets: list[dict], batch_size: int
     dev = model_device(model)
 
     def compute() -> list[float]:
-        cos = [gradient_cosine(*task_gradients(model, images[i:i + batch_size].to(dev),
-                                               targets_to(dev, targets[i:i + batch_size]))).cpu()
-               for i in range(0, images.shape[0], batch_size)]
+        cos = [gradient_cosine(*task_gradients(model, x.to(dev), targets_to(dev, t))).cpu()
+               for _, x, t in iter_batches(images, targets, batch_size)]
         return torch.cat(cos).tolist() if cos else []
 
     value = ResultCache.resolve(result_cache).cached(

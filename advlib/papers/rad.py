@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
+from advlib.imageset import in_memory
 from advlib.attacks import PRESETS, AttackSpec, relevance_map
 from advlib.papers.rad_claims import (  # the reported numbers and claims, re-exported
     EPS_TOLERANCE, GAUSSIAN_FACTOR, MODELS, NODE_SPREAD, SIMILARITY_MARGIN, SOURCE, TABLE1, TABLE2, TABLE3, TABLE5,
@@ -175,6 +176,7 @@ def relevance_similarity(models: dict, images: Tensor) -> tuple[dict[str, Tensor
     Returns:
         ``({name: maps [N, H, W]}, frame)`` with one row per pair: ``same_image``, ``chance``.
     """
+    images = in_memory(images)  # a few images (the budget's similarity_images), also from a streamed split
     if images.shape[0] < 2:
         raise ValueError("the chance baseline needs at least 2 images")
     maps = {name: relevance_map(m, images).detach().sum(1) for name, m in models.items()}
@@ -190,7 +192,7 @@ def relevance_similarity(models: dict, images: Tensor) -> tuple[dict[str, Tensor
 # ------------------------------------------------------------------ the saved set (AOCO)
 def rmse_levels(adv: Tensor, clean: Tensor) -> float:
     """Table 5's RMSE in pixel levels (0-255): per image sqrt(mean squared difference), averaged."""
-    d = (adv - clean).flatten(1) * 255
+    d = (in_memory(adv) - in_memory(clean)).flatten(1) * 255
     return float(d.pow(2).mean(1).sqrt().mean())
 
 

@@ -82,12 +82,15 @@ def cached_analyses(exp, models: Mapping[str, nn.Module], rb, images: Tensor, ta
     """
     from advlib.attacks import preset
     from advlib.cache import ResultCache
+    from advlib.imageset import in_memory
     from advlib.robustness import adversarial_images
 
     n = rb.analysis_images
     xa, ta = analysis_batch_a(exp, n)
-    xb, tb = images[:n], list(targets[:n])
-    xt, tt = images[:table_images], list(targets[:table_images])
+    # the analyses index and re-attack these subsets freely: a streamed split's are read into memory
+    # (the voc budget's table images: three copies of the test set, clean and two attacks)
+    xb, tb = in_memory(images[:n]), list(targets[:n])
+    xt, tt = in_memory(images[:table_images]), list(targets[:table_images])
     mda = preset("MDA", seed=0)
     settings = dict(loss_change_settings or {f"m={rb.loss_change_steps}, lr={rb.loss_change_lr:g}":
                                              (rb.loss_change_steps, rb.loss_change_lr)})
