@@ -51,8 +51,10 @@ exp = setup(profile=profile, data_root=data_root, data_format=data_format, class
             seed=seed, train_split=train_split, test_split=test_split, year=year, image_size=image_size)
 budget, mb = get_budget(exp.profile), matrix.budget(exp.profile.name)
 images, targets = exp.eval_data
-x, t = images[:budget.table_images], targets[:budget.table_images]
-note = f"Evaluated on the first {len(t)} of {len(exp.test_set)} test images (notebooks 01-03's table images); seeds {list(budget.seeds)}"
+n_images = mb.images or budget.table_images
+x, t = images[:n_images], targets[:n_images]
+note = (f"Evaluated on the first {len(t)} of {len(exp.test_set)} test images"
+        + (" (notebooks 01-03's table images)" if n_images == budget.table_images else "") + f"; seeds {list(budget.seeds)}")
 print(note)
 
 # %% [markdown]

@@ -45,14 +45,18 @@ class MatrixBudget:
         cost_images, cost_epochs: the instrumented training-cost run (every recipe fine-tunes a
             copy of STD on this many training images for this many epochs, fast recipes
             ``cost_epochs / replays``), one recipe after the other in one process.
+        images: evaluation images of the matrix (``None``: the shared budget's ``table_images``,
+            which shares every cell with notebooks 01-03 through the result cache; the smoke
+            profile takes fewer to stay within its minute).
     """
 
     cost_images: int
     cost_epochs: int
+    images: int | None = None
 
 
-BUDGETS = {"smoke": MatrixBudget(cost_images=8, cost_epochs=1),
-           "default": MatrixBudget(cost_images=64, cost_epochs=4),
+BUDGETS = {"smoke": MatrixBudget(cost_images=8, cost_epochs=1, images=8),
+           "default": MatrixBudget(cost_images=32, cost_epochs=4),
            "voc": MatrixBudget(cost_images=1024, cost_epochs=4),
            "coco": MatrixBudget(cost_images=1024, cost_epochs=4)}
 
