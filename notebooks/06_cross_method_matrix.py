@@ -150,7 +150,8 @@ plt.show()
 spread = matrix_claims.seed_spread(cells)
 std_clean = summary["mean"].loc["STD", "clean"] if "STD" not in missing else float("nan")
 own = gate_claims(matrix_claims.claims(summary["mean"], spread), float(std_clean), exp.profile.clean_map_floor)
-display(scorecard(own))
+with pd.option_context("display.max_colwidth", 120):
+    display(scorecard(own).assign(note=[c.untestable or c.note for c in own]))
 folder = output_dir("results", exp.output)
 card, status = matrix_claims.collect(folder, exp.profile.name)
 own_rows = pd.DataFrame([{"paper": "cross-method", "notebook": "06", "claim": c.claim,

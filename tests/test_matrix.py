@@ -69,6 +69,10 @@ def test_cross_method_claims_by_hand():
     c = {x.claim.split(":")[0]: x for x in claims(mean, spread=0.02)}
     # both trained rows lose clean mAP (0.10, 0.05); MagNet is not adversarially trained
     assert c["Robustness bottleneck"].holds is True and c["Robustness bottleneck"].numbers["smallest_drop"] == pytest.approx(0.05)
+    assert c["Robustness bottleneck"].note == ""  # 0.05 is outside the spread 0.02
+    noisy = {x.claim.split(":")[0]: x for x in claims(mean, spread=0.3)}
+    assert "smallest drop (RobustDet) 0.050 is smaller than the seed spread 0.300" in noisy["Robustness bottleneck"].note
+    assert "(MTD-1step) 0.200" in noisy["Adversarial training pays"].note  # gain 0.25 - 0.05
     # mean adversarial: STD 0.10, MTD 0.35, RobustDet 0.36 -> gains 0.25, 0.26
     assert c["Adversarial training pays"].holds is True
     rd = next(x for k, x in c.items() if k.startswith("RobustDet or"))
