@@ -184,6 +184,12 @@ def mean_std_table(rows, index: str = "model", columns: str = "attack", values: 
     return out
 
 
+def mean_over(frame, columns):
+    """Per row, the mean of ``columns`` (a row missing one of them is NaN: its mean would not be
+    comparable with the other rows'): the papers' "mean adversarial mAP"."""
+    return frame[list(columns)].astype(float).mean(axis=1, skipna=False)
+
+
 def scorecard(claims: list[Claim]):
     """Claims as a DataFrame (claim, verdict, numbers) for display."""
     import pandas as pd

@@ -113,12 +113,11 @@ for arch in ARCHS:
                                   "model": advamd.fine_tuned(exp, ab, arch, advamd.defence_recipe(d, s1, ab)).model})
         entries[arch].append({"defence": "AdvAmd", "kind": k, "eps": e, "mediate": True, "aux_bn": True, "amd_loss": True,
                               "model": advamd.fine_tuned(exp, ab, arch, advamd.defence_recipe("AdvAmd", s1, ab)).model})
-ae = advamd.reformer(exp, ab).model
-threshold = advamd.magnet_threshold(exp, ab, ae)
+reformer, threshold = advamd.magnet_parts(exp, ab)
 control = {(arch, s): advamd.fine_tuned(exp, ab, arch, advamd.defence_recipe("Benign FT", None, ab), s)
            for arch in ARCHS for s in ab.seeds}
 for arch in ARCHS:
-    magnet = MagNetDetector(vanilla[(arch, exp.seed)].model, ae, threshold).eval()
+    magnet = MagNetDetector(vanilla[(arch, exp.seed)].model, reformer.model, threshold).eval()
     for (k, e) in ab.settings:
         entries[arch].append({"defence": "MagNet", "kind": k, "eps": e, "model": magnet})
         entries[arch].append({"defence": "Benign FT", "kind": k, "eps": e, "model": control[(arch, exp.seed)].model})

@@ -154,10 +154,7 @@ with pd.option_context("display.max_colwidth", 120):
     display(scorecard(own).assign(note=[c.untestable or c.note for c in own]))
 folder = output_dir("results", exp.output)
 card, status = matrix_claims.collect(folder, exp.profile.name)
-own_rows = pd.DataFrame([{"paper": "cross-method", "notebook": "06", "claim": c.claim,
-                          "verdict": c.verdict, "numbers": ", ".join(f"{k}={matrix_claims._fmt(v)}" for k, v in c.numbers.items()),
-                          "source": c.source, "note": c.untestable or c.note} for c in own])
-card = pd.concat([card, own_rows], ignore_index=True)
+card = pd.concat([card, matrix_claims.card_rows([c.to_dict() for c in own], "cross-method", "06")], ignore_index=True)
 counts = matrix_claims.counts(card)
 print("notebooks:", status, "| counts:", counts)
 with pd.option_context("display.max_colwidth", 120):

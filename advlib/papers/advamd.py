@@ -179,6 +179,14 @@ def magnet_threshold(exp, ab: AdvAmdBudget, ae: nn.Module) -> float:
     return rejection_threshold(ae, images, ab.magnet_fpr)
 
 
+def magnet_parts(exp, ab: AdvAmdBudget, cached_only: bool = False):
+    """MagNet's reformer (a TrainedModel, :func:`reformer`) and its rejection threshold
+    (:func:`magnet_threshold`): what ``MagNetDetector(detector, reformer.model, threshold)`` puts
+    in front of any detector. With ``cached_only``, ``None`` when the reformer is not cached."""
+    ae = reformer(exp, ab, cached_only=cached_only)
+    return None if ae is None else (ae, magnet_threshold(exp, ab, ae.model))
+
+
 def reductions(exp, ab: AdvAmdBudget) -> str:
     """What this budget changes from the paper, in one line (printed beside every table)."""
     n = min(ab.train_images, len(exp.train_set))

@@ -126,11 +126,11 @@ def _magnet(exp, seed):
 
     if seed != exp.seed:
         return None
-    ab = advamd.budget(exp.profile.name)
-    std, ae = exp.trained("std", seed=seed, cached_only=True), advamd.reformer(exp, ab, cached_only=True)
-    if std is None or ae is None:
+    std = exp.trained("std", seed=seed, cached_only=True)
+    parts = None if std is None else advamd.magnet_parts(exp, advamd.budget(exp.profile.name), cached_only=True)
+    if parts is None:
         return None
-    threshold = advamd.magnet_threshold(exp, ab, ae.model)
+    ae, threshold = parts
     return TrainedModel(MagNetDetector(std.model, ae.model, threshold).eval(),
                         {"key": f"magnet:{std.key}:{ae.key}", "spec": {"detector": std.key, "reformer": ae.key,
                                                                        "threshold": threshold},

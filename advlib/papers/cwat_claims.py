@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from advlib.results import Claim, Reported, check
+from advlib.results import Claim, Reported, check, mean_over
 
 SOURCE = "CWAT (Chen, Kung & Chen, CVPRW 2021)"
 #: the attack columns of Tables 1, 4 and 5 (Table 2 has no DAG)
@@ -109,8 +109,7 @@ def table3_frame() -> pd.DataFrame:
 def mean_adversarial(frame: pd.DataFrame) -> pd.Series:
     """Per row, the mean mAP over the :data:`ADV_COLUMNS` present in ``frame`` (a row missing one
     of them is NaN: its mean would not be comparable with the other rows')."""
-    cols = [c for c in ADV_COLUMNS if c in frame.columns]
-    return frame[cols].astype(float).mean(axis=1, skipna=False)
+    return mean_over(frame, [c for c in ADV_COLUMNS if c in frame.columns])
 
 
 def class_spread(per_class: pd.Series) -> dict:

@@ -25,6 +25,7 @@ import pandas as pd
 from advlib.attacks.presets import PRESETS, fgsm, preset
 from advlib.papers import catalogue, rad
 from advlib.profiles import get_budget
+from advlib.results import mean_over
 from advlib.robustness import Transfer, robustness_table
 
 #: the transfer source of the RAD column (notebook 05's SSD surrogate: the STD model of the run's seed)
@@ -115,21 +116,21 @@ def compute(exp, per_seed: dict, images, targets, progress: bool = False) -> lis
     rows = []
     for seed, found in per_seed.items():
         plain = {n: tm.model for n, tm in found.items() if n not in ADAPTIVE}
-        tables = []
+        tables = []  # (its columns, the table)
         if plain:
-            tables.append(({n: cols for n in plain}, robustness_table(
+            tables.append((cols, robustness_table(
                 plain, cols, images, targets, exp.classes, sources=sources, data_id=exp.data_id, progress=progress)))
         for name in (n for n in found if n in ADAPTIVE):
             model = found[name].model
             mcols = {c: (a if a is None or isinstance(a, Transfer) else Transfer("protected detector", a))
                      for c, a in cols.items()}
             mcols["adaptive"] = cols[pgd_cls]
-            tables.append(({name: mcols}, robustness_table(
+            tables.append((mcols, robustness_table(
                 {name: model}, mcols, images, targets, exp.classes,
                 sources={**sources, "protected detector": model.detector}, data_id=exp.data_id, progress=progress)))
         for used, tab in tables:
             for c in tab.cells:
-                atk = used[c.model][c.attack]
+                atk = used[c.attack]
                 rows.append({"seed": seed, "model": c.model, "attack": c.attack, "map": c.map,
                              "kind": _kind(c.model, c.attack, atk, seed, exp.seed), "seconds": round(c.seconds, 2),
                              "result_cached": c.result_cached,
@@ -146,9 +147,9 @@ def summary(rows: list[dict], order: list[str], columns: list[str]) -> dict[str,
     rows = [r for r in rows if r.get("kind") != "white-box (surrogate)"]
     df = pd.DataFrame(rows, columns=["seed", "model", "attack", "map"])
     g = df.groupby(["model", "attack"])["map"]
-    out = {k: f().unstack().reindex(index=order, columns=columns) if len(df) else
-           pd.DataFrame(np.nan, index=order, columns=columns)
-           for k, f in (("mean", g.mean), ("std", lambda: g.std(ddof=1)), ("n", g.count))}
+    stats = {"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}
+    out = {k: (v.unstack() if len(df) else pd.DataFrame()).reindex(index=order, columns=columns)
+           for k, v in stats.items()}
     present = set(df["model"])
     text = pd.DataFrame("", index=order, columns=columns)
     for m in order:
@@ -184,8 +185,7 @@ def surrogate_kinship(rows: list[dict], exp_seed: int, column: str = "RAD") -> p
 def mean_adversarial(mean: pd.DataFrame) -> pd.Series:
     """Per row, the mean mAP over the attack columns (not clean, not adaptive); NaN when a row
     lacks one of them (its mean would not be comparable)."""
-    cols = [c for c in mean.columns if c not in NOT_IN_MEAN]
-    return mean[cols].astype(float).mean(axis=1, skipna=False)
+    return mean_over(mean, [c for c in mean.columns if c not in NOT_IN_MEAN])
 
 
 def pareto_front(clean: pd.Series, adversarial: pd.Series, exclude=()) -> pd.Series:

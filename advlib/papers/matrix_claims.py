@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from advlib.papers.matrix import ADAPTIVE, mean_adversarial
+from advlib.papers.cwat_claims import seed_spread as cwat_seed_spread
+from advlib.papers.matrix import ADAPTIVE, NOT_IN_MEAN, mean_adversarial
 from advlib.results import Claim, check
 
 #: notebook number -> paper
@@ -46,13 +47,18 @@ def collect(folder: Path, profile_name: str) -> tuple[pd.DataFrame, dict[str, st
             status[nn] = f"other profile ({prof})"
             continue
         status[nn] = "ok"
-        for c in data.get("claims", []):
-            verdict = "not testable on this data" if c["verdict"] == "not tested" else c["verdict"]
-            rows.append({"paper": paper, "notebook": nn, "claim": c["claim"], "verdict": verdict,
-                         "numbers": ", ".join(f"{k}={_fmt(v)}" for k, v in (c.get("numbers") or {}).items()),
-                         "source": c.get("source", ""), "note": c.get("note", "")})
-    cols = ["paper", "notebook", "claim", "verdict", "numbers", "source", "note"]
-    return pd.DataFrame(rows, columns=cols), status
+        rows.append(card_rows(data.get("claims", []), paper, nn))
+    return pd.concat(rows, ignore_index=True) if rows else card_rows([], "", ""), status
+
+
+def card_rows(claims: list[dict], paper: str, notebook: str) -> pd.DataFrame:
+    """Scorecard rows (paper, notebook, claim, verdict, numbers, source, note) of claims as
+    :meth:`~advlib.results.Claim.to_dict` writes them ("not tested" counts as not testable)."""
+    rows = [{"paper": paper, "notebook": notebook, "claim": c["claim"],
+             "verdict": "not testable on this data" if c["verdict"] == "not tested" else c["verdict"],
+             "numbers": ", ".join(f"{k}={_fmt(v)}" for k, v in (c.get("numbers") or {}).items()),
+             "source": c.get("source", ""), "note": c.get("note", "")} for c in claims]
+    return pd.DataFrame(rows, columns=["paper", "notebook", "claim", "verdict", "numbers", "source", "note"])
 
 
 def counts(card: pd.DataFrame) -> dict[str, int]:
@@ -118,10 +124,9 @@ def seed_spread(rows: list[dict]) -> float:
     """The largest, over rows with several seeds, sample std over seeds of the row's mean over the
     attack columns (NaN when no row has two seeds)."""
     df = pd.DataFrame(rows, columns=["seed", "model", "attack", "map"])
-    df = df[~df["attack"].isin(["clean", "adaptive"])]
-    per_seed = df.groupby(["model", "seed"])["map"].mean()
-    sd = per_seed.groupby(level="model").std(ddof=1).dropna()
-    return float(sd.max()) if len(sd) else float("nan")
+    several = df.groupby("model")["seed"].nunique() > 1
+    df = df[df["model"].isin(several[several].index)]
+    return cwat_seed_spread(df, sorted(set(df["attack"]) - set(NOT_IN_MEAN))) if len(df) else float("nan")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

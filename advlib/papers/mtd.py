@@ -220,9 +220,10 @@ def task_interaction(model, images: Tensor, targets: list[dict], eps: float = EP
 
     def compute() -> dict:
         out = {"clean": candidate_anchor_metrics(model, images, targets)}
+        bs = 32
         for name, spec in specs.items():  # attacked batch by batch: no adversarial set is held
-            out[name] = _anchor_metrics(model, ((adv, targets[c * 32:(c + 1) * 32]) for c, adv in
-                                                crafted_batches(model, images, targets, spec, 32, progress=False)))
+            out[name] = _anchor_metrics(model, ((adv, targets[c * bs:(c + 1) * bs]) for c, adv in
+                                                crafted_batches(model, images, targets, spec, bs, progress=False)))
         out["spec"] = {k: v.to_dict() for k, v in specs.items()}
         return out
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from advlib.results import Claim, Reported, check
+from advlib.results import Claim, Reported, check, mean_over
 
 SOURCE = "RobustDet (Dong et al., ECCV 2022)"
 #: the attack columns of the "beats MTD and CWAT" claim (Table 1)
@@ -61,7 +61,7 @@ TABLE3 = Reported("RobustDet Table 3", "VOC07 test, ablations", "VOC07", _rows({
 
 def mean_adversarial(frame: pd.DataFrame, columns=ADV_COLUMNS) -> pd.Series:
     """Per row, the mean mAP over ``columns`` (NaN if one is missing)."""
-    return frame[list(columns)].astype(float).mean(axis=1, skipna=False)
+    return mean_over(frame, columns)
 
 
 def claims(table1: pd.DataFrame, adversarial_ssd: str, loss_changes: Mapping[str, Mapping[str, np.ndarray]],
