@@ -1,4 +1,5 @@
-"""Robustness evaluation: attack whole test sets in batches, robustness tables, sweeps.
+"""Robustness evaluation: attack whole test sets in batches, robustness tables (steps and ε sweeps:
+:mod:`advlib.sweeps`).
 
 Every number comes with the attack spec that produced it. White-box cells attack the evaluated
 model; transfer cells evaluate model B on images crafted on model A, which are crafted once and
@@ -14,7 +15,6 @@ before detection, as a PNG stores it. The clean images are 8-bit, so with an ε 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from advlib.attacks import AttackSpec, attack
+from advlib.attacks.mda import components, craft_with_parts
 from advlib.data import build_dataset
 from advlib.distributed import gather, interleave, is_main, my_chunks
 from advlib.imageset import ImageSet, iter_batches, num_batches, set_length, set_shape, set_targets
@@ -206,11 +207,59 @@ def _valid_cell(v) -> bool:
             and isinstance(v.get("ap"), list) and all(_number(a) for a in v["ap"]))
 
 
-def _valid_sweep_rows(rows) -> bool:
-    """Cached sweep rows: numeric ``eps``, ``eps_px``, ``steps``, ``map`` (``None`` for NaN), dict ``spec``."""
-    return isinstance(rows, list) and all(
-        isinstance(r, dict) and all(_number(r.get(k)) for k in ("eps", "eps_px", "steps"))
-        and (r.get("map") is None or _number(r["map"])) and isinstance(r.get("spec"), dict) for r in rows)
+def _mda_groups(attacks: Mapping) -> dict[str, dict[str, str | None]]:
+    """White-box MDA columns that craft A_cls and A_loc apart, each with the table's columns that
+    are exactly those two attacks: ``{column: {"mda": MDA column, "cls": column | None, "loc":
+    column | None}}`` for every member of a group."""
+    members = {}
+    for col, atk in attacks.items():
+        if not (isinstance(atk, AttackSpec) and atk.objective == "mda" and not atk.params):
+            continue
+        parts = components(atk)
+        if parts is None:
+            continue
+        g = {"mda": col, **{p.objective: next((c for c, a in attacks.items() if isinstance(a, AttackSpec) and a == p), None)
+                            for p in parts}}
+        members.update({c: g for c in g.values() if c is not None})
+    return members
+
+
+def mda_detections(model, images, targets: list[dict], spec: AttackSpec, want: set[str], batch_size: int = 32,
+                   progress: bool = True) -> dict[str, list[dict]]:
+    """Detections of ``model`` after the MDA ``spec`` and, from the same two crafts, after the
+    A_cls and A_loc attacks it picks between (``want`` ⊆ ``{"mda", "cls", "loc"}``), batch by batch
+    like :func:`attacked_detections` (rounded to 8 bits; torchrun: every W-th batch per rank)."""
+    dev = model_device(model)
+    chunks = my_chunks(num_batches(images, batch_size))
+    batches = iter_batches(images, targets, batch_size, chunks, pin_memory=dev.type == "cuda")
+    mine: dict[str, list] = {w: [] for w in want}
+    for _, x, t in tqdm(batches, total=len(chunks), desc=spec.label(), disable=not (progress and is_main()),
+                        leave=False):
+        out = craft_with_parts(model, x.to(dev, non_blocking=True), targets_to(dev, t), spec)
+        for w in want:
+            mine[w].append(_detect_cpu(model, round_8bit(out[w].cpu())))
+    return {w: [d for batch in interleave(gather(m)) for d in batch] for w, m in mine.items()}
+
+
+def transfer_set(source, spec: AttackSpec, images, targets: list[dict], classes, cache: AdversarialCache | None = None,
+                 data_id: str = "", source_name: str = "", batch_size: int = 32, progress: bool = True,
+                 data_fp: str | None = None) -> tuple:
+    """``(adversarial set, came from disk)``: ``spec`` crafted on the model ``source`` from the clean
+    set ``images``/``targets`` (keyed by the source, the spec, ``data_id`` and the clean set's
+    fingerprint), cached on disk as a VOC-layout set of PNGs. A tensor set comes back as a tensor
+    (8-bit values); an :class:`~advlib.imageset.ImageSet` is crafted and written batch by batch and
+    comes back as an ImageSet reading the cached folder."""
+    cache = cache or AdversarialCache()
+    targets = set_targets(images, targets)
+    key = cache.key(source, spec, data_id, data_fp or data_fingerprint(images, targets))
+    meta = {"source": source_name, "data": data_id}
+    if isinstance(images, ImageSet):  # streamed: written and re-read batch by batch
+        path, on_disk = cache.get_or_create_stream(
+            key, lambda: crafted_batches(source, images, targets, spec, batch_size, progress), batch_size,
+            images.shape[-2:], targets, classes, spec, meta)
+        return ImageSet(build_dataset(path, "voc", "test", size=images.shape[-2:]), num_workers=images.num_workers), on_disk
+    return cache.get_or_create(key, lambda: adversarial_images(source, images, targets, spec, batch_size, progress=progress),
+                               targets, classes, spec, meta)
 
 
 def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str, AttackSpec | Transfer | None],
@@ -238,6 +287,11 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
         coco: also COCO box AP@[.5:.95] of every cell (:func:`~advlib.evaluate.evaluate_coco`,
             pycocotools), in ``Cell.coco_ap`` and :attr:`RobustnessTable.coco_frame`.
 
+    A white-box MDA column is computed together with the table's A_cls and A_loc columns that are
+    exactly the two attacks it picks between (:func:`~advlib.attacks.mda.components`): one craft of
+    each gives the three cells, the numbers of three separate runs (:func:`mda_detections`); each
+    cell's ``seconds`` is its share of the crafts plus its own evaluation.
+
     Returns:
         A :class:`RobustnessTable`.
     """
@@ -251,139 +305,68 @@ def robustness_table(models: Mapping[str, torch.nn.Module], attacks: Mapping[str
     table = RobustnessTable(classes=tuple(classes))
     data_fp = data_fingerprint(images, targets)
     fingerprints = {name: model_fingerprint(m) for name, m in pool.items()}
-    crafted: dict[str, tuple[Tensor, bool]] = {}
+    crafted: dict[str, tuple] = {}  # crafted once per table, and once ever thanks to the disk cache
 
-    def transfer_set(col: str, atk: Transfer) -> tuple[Tensor, bool]:
-        if col not in crafted and isinstance(images, ImageSet):  # streamed: written and re-read batch by batch
-            src = pool[atk.source]
-            path, on_disk = cache.get_or_create_stream(
-                cache.key(src, atk.spec, data_id, data_fp),
-                lambda: crafted_batches(src, images, targets, atk.spec, batch_size, progress), batch_size,
-                images.shape[-2:], targets, classes, atk.spec, {"source": atk.source, "data": data_id})
-            crafted[col] = (ImageSet(build_dataset(path, "voc", "test", size=images.shape[-2:]),
-                                     num_workers=images.num_workers), on_disk)
-        if col not in crafted:  # crafted once per table, and once ever thanks to the disk cache
-            src = pool[atk.source]
-            crafted[col] = cache.get_or_create(
-                cache.key(src, atk.spec, data_id, data_fp),
-                lambda: adversarial_images(src, images, targets, atk.spec, batch_size, progress=progress),
-                targets, classes, atk.spec, {"source": atk.source, "data": data_id})
+    def set_of(col: str, atk: Transfer) -> tuple:
+        if col not in crafted:
+            crafted[col] = transfer_set(pool[atk.source], atk.spec, images, targets, classes, cache, data_id,
+                                        atk.source, batch_size, progress, data_fp)
         return crafted[col]
 
+    def cell_key(row: str, col: str) -> str:
+        atk = attacks[col]
+        transfer = isinstance(atk, Transfer)
+        spec = atk.spec if transfer else atk
+        return results.key(kind="robustness_cell", model=fingerprints[row],
+                           source=fingerprints[atk.source] if transfer else None,
+                           spec=None if spec is None else spec.to_dict(), data=data_fp, use_07=use_07_metric,
+                           **({"coco": True} if coco else {}))
+
+    def cached_value(row: str, col: str) -> dict | None:
+        value = results.get(cell_key(row, col), _valid_cell)
+        return None if value is not None and coco and not _number(value.get("coco_ap")) else value
+
+    groups = _mda_groups(attacks)
     for row, model in models.items():
+        fused: dict[str, tuple[list[dict], float]] = {}  # column -> (detections, seconds) from its MDA group
         for col, atk in attacks.items():
             t0 = time.perf_counter()
             transfer = isinstance(atk, Transfer)
             spec = atk.spec if transfer else atk
             source = atk.source if transfer else row
-            key = results.key(kind="robustness_cell", model=fingerprints[row],
-                              source=fingerprints[source] if transfer else None,
-                              spec=None if spec is None else spec.to_dict(), data=data_fp, use_07=use_07_metric,
-                              **({"coco": True} if coco else {}))
-            value = results.get(key, _valid_cell)
-            if value is not None and coco and not _number(value.get("coco_ap")):
-                value = None
-            hit_result, set_cached = value is not None, False
+            value = cached_value(row, col)
+            hit_result, set_cached, seconds = value is not None, False, None
             if value is None:
-                if atk is None:
+                g = groups.get(col)
+                if col not in fused and g is not None and (col == g["mda"] or cached_value(row, g["mda"]) is None):
+                    # MDA and its A_cls / A_loc columns from one craft of each (the MDA cell is uncached)
+                    want = {p: c for p, c in g.items() if c is not None and (c == col or cached_value(row, c) is None)}
+                    found = mda_detections(model, images, targets, attacks[g["mda"]], set(want), batch_size, progress)
+                    share = (time.perf_counter() - t0) / len(want)
+                    fused.update({c: (found[p], share) for p, c in want.items()})
+                if col in fused:
+                    dets, seconds = fused.pop(col)
+                elif atk is None:
                     dets = detect_all(model, images)
                 elif transfer:
-                    adv, set_cached = transfer_set(col, atk)
+                    adv, set_cached = set_of(col, atk)
                     dets = detect_all(model, adv)
                 else:  # attack, round and detect batch by batch: no adversarial set is held
                     dets = attacked_detections(model, images, targets, atk, batch_size, progress)
+                t_eval = time.perf_counter()
                 r = evaluate_voc(dets, targets, len(classes), use_07_metric=use_07_metric, class_names=classes)
                 r_all = evaluate_voc(dets, targets, len(classes), use_07_metric=False, class_names=classes)
                 value = {"map": float(r.map), "map_allpoint": float(r_all.map), "ap": [float(a) for a in r.ap]}
                 if coco:
                     value["coco_ap"] = float(evaluate_coco(dets, targets, len(classes))["AP"])
-                results.put(key, value, {"model": row, "attack": col})
+                results.put(cell_key(row, col), value, {"model": row, "attack": col})
+                if seconds is not None:  # its share of the group's attacks, and its own evaluation
+                    seconds += time.perf_counter() - t_eval
             table.cells.append(Cell(row, col, source, value["map"], value["map_allpoint"],
-                                    None if spec is None else spec.to_dict(), time.perf_counter() - t0,
+                                    None if spec is None else spec.to_dict(),
+                                    time.perf_counter() - t0 if seconds is None else seconds,
                                     set_cached, hit_result, value["ap"], value.get("coco_ap")))
     return table
-
-
-def sweep(model, spec: AttackSpec, images: Tensor, targets: list[dict], num_classes: int,
-          eps: list[float] | None = None, steps: list[int] | None = None, batch_size: int = 32,
-          progress: bool = True, result_cache: ResultCache | bool | None = None) -> pd.DataFrame:
-    """mAP as the budget or the number of steps varies (MTD Fig. 5/6, CWAT Fig. 3/6).
-
-    A steps sweep runs one attack with ``max(steps)`` steps and keeps snapshots (a k-step PGD is
-    the prefix of a longer one); an ε sweep runs one attack per value (step size unchanged).
-
-    The rows are kept in the result cache (``result_cache``, as in :func:`robustness_table`).
-
-    Returns:
-        DataFrame with columns ``eps`` (0-1 units), ``eps_px``, ``steps``, ``map``, ``spec``.
-    """
-    if (eps is None) == (steps is None):
-        raise ValueError("give exactly one of eps=[...] or steps=[...]")
-    if steps is not None and any(s < 0 for s in steps):
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    rows = ResultCache.resolve(result_cache).cached(
-        lambda: _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_size, progress),
-        validate=_valid_sweep_rows, kind="sweep", model=model_fingerprint(model), spec=spec.to_dict(),
-        data=data_fingerprint(images, targets), eps=eps, steps=steps)
-    return pd.DataFrame(rows)
-
-
-def _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_size, progress) -> list[dict]:
-    rows = []
-    if steps is not None:
-        positive = sorted({s for s in steps if s > 0})
-        long = spec.replace(steps=max(positive)) if positive else spec
-        dets = {0: detect_all(model, images)} if 0 in steps else {}
-        if positive:  # one attack run, its snapshots detected batch by batch (nothing of the set's size held)
-            mine: dict[int, list] = {s: [] for s in positive}
-            for _, snaps in crafted_batches(model, images, targets, long, batch_size, progress, snapshots=positive):
-                for s in positive:
-                    mine[s].append(_detect_cpu(model, round_8bit(snaps[s])))
-            for s in positive:
-                dets[s] = [d for batch in interleave(gather(mine[s])) for d in batch]
-        for s in steps:
-            m = evaluate_voc(dets[s], targets, num_classes).map
-            rows.append({"eps": spec.eps, "eps_px": spec.eps * 255, "steps": s, "map": m,
-                         "spec": spec.replace(steps=max(s, 1)).to_dict()})
-    else:
-        for e in eps:
-            sp = spec.replace(eps=float(e))
-            dets = attacked_detections(model, images, targets, None if e == 0 else sp, batch_size, progress)
-            rows.append({"eps": e, "eps_px": e * 255, "steps": spec.steps,
-                         "map": evaluate_voc(dets, targets, num_classes).map, "spec": sp.to_dict()})
-    return rows
-
-
-def sweep_curves(models: Mapping[str, torch.nn.Module], specs: Mapping[str, AttackSpec], images: Tensor,
-                 targets: list[dict], num_classes: int, steps: list[int], eps: list[float], batch_size: int = 32,
-                 progress: bool = True, result_cache: ResultCache | bool | None = None) -> pd.DataFrame:
-    """Steps and ε curves for every model × attack (MTD Figs. 5-6, CWAT Figs. 3/6).
-
-    Each ``specs`` entry is the full-length attack (``spec.steps`` = the steps curve's end and the
-    ε curve's number of steps). The ε curve's point at ``spec.eps`` is the steps curve's last
-    point (the same attack), so it is not run twice.
-
-    Returns:
-        Rows with ``model``, ``attack``, ``kind`` (``steps`` | ``eps``), ``eps``, ``eps_px``,
-        ``steps``, ``map``, ``spec``.
-    """
-    if max(steps) != max(s.steps for s in specs.values()) or len({s.steps for s in specs.values()}) != 1:
-        raise ValueError(f"every spec must have steps = max(steps) = {max(steps)}")
-    rows = []
-    bar = tqdm(total=len(models) * len(specs), desc="sweeps", disable=not progress, leave=False)
-    for mname, model in models.items():
-        for aname, spec in specs.items():
-            kw = dict(batch_size=batch_size, progress=False, result_cache=result_cache)
-            s = sweep(model, spec, images, targets, num_classes, steps=steps, **kw)
-            others = [e for e in eps if not math.isclose(e, spec.eps)]
-            e = sweep(model, spec, images, targets, num_classes, eps=others, **kw) if others else pd.DataFrame()
-            if len(others) < len(eps):
-                e = pd.concat([e, s[s["steps"] == spec.steps]]).sort_values("eps")
-            rows += [dict(r, model=mname, attack=aname, kind="steps") for r in s.to_dict("records")]
-            rows += [dict(r, model=mname, attack=aname, kind="eps") for r in e.to_dict("records")]
-            bar.update()
-    bar.close()
-    return pd.DataFrame(rows)
 
 
 def evaluate_attack(exp, model, spec: AttackSpec | None, batch_size: int = 32, progress: bool = True,

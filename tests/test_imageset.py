@@ -37,7 +37,8 @@ def test_imageset_batches_fingerprint_and_targets_equal_the_stacked_set(tiny_tes
 
 
 def test_streamed_attack_table_and_sweep_equal_the_in_memory_ones(tiny_test):
-    from advlib.robustness import adversarial_images, attacked_detections, robustness_table, sweep
+    from advlib.robustness import adversarial_images, attacked_detections, robustness_table
+    from advlib.sweeps import sweep
 
     data, x, t = _pair(tiny_test)
     model = make_model(seed=2).eval()

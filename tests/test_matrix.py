@@ -158,14 +158,23 @@ def test_compute_magnet_cells_are_grey_box_and_adaptive(tiny_test, monkeypatch, 
     std = make_model(0).eval()
     torch.manual_seed(1)
     magnet = MagNetDetector(std, AutoEncoder(width=8), float("inf")).eval()
-    cols = {"clean": None, "FGSM A_cls": fgsm("cls"), "PGD-2 A_cls": preset("A_cls", steps=2)}
+    from types import SimpleNamespace
+
+    from advlib.robustness import Transfer
+
+    cols = {"clean": None, "FGSM A_cls": fgsm("cls"), "PGD-2 A_cls": preset("A_cls", steps=2),
+            "RAD": Transfer(matrix.SURROGATE, preset("A_loc", steps=1))}
     monkeypatch.setattr(matrix, "attacks", lambda exp: cols)
-    images, targets = collate([tiny_test[i] for i in range(4)])
+    # the RAD set is notebook 05's: crafted on its 6 images, the matrix evaluates the first 4
+    monkeypatch.setattr(matrix.rad, "budget", lambda name: SimpleNamespace(images=6))
+    all_images, all_targets = collate([tiny_test[i] for i in range(6)])
+    images, targets = all_images[:4], all_targets[:4]
     classes = tiny_test.classes
 
     class Exp:  # what compute reads from an Experiment
         seed, data_id = 0, "tiny"
-        profile = type("P", (), {"attack_steps": 2})()
+        profile = SimpleNamespace(attack_steps=2, name="default")
+        eval_data = (all_images, all_targets)
     Exp.classes = classes
     per_seed = {0: {"STD": TrainedModel(std, {"key": "s"}), "MagNet": TrainedModel(magnet, {"key": "m"})}}
     rows = {(r["model"], r["attack"]): r for r in matrix.compute(Exp(), per_seed, images, targets)}
@@ -182,3 +191,10 @@ def test_compute_magnet_cells_are_grey_box_and_adaptive(tiny_test, monkeypatch, 
     assert rows[("MagNet", "adaptive")]["map"] == pytest.approx(direct(magnet, adaptive), abs=1e-9)
     assert rows[("MagNet", "adaptive")]["kind"] == "adaptive" and ("STD", "adaptive") not in rows
     assert rows[("MagNet", "clean")]["map"] == pytest.approx(direct(magnet, images), abs=1e-9)
+    rad_set = round_8bit(adversarial_images(std, all_images, all_targets, cols["RAD"].spec, progress=False))[:4]
+    for m, kind in (("MagNet", "transfer from the surrogate"), ("STD", "white-box (surrogate)")):
+        assert rows[(m, "RAD")]["map"] == pytest.approx(direct(per_seed[0][m].model, rad_set), abs=1e-9)
+        assert rows[(m, "RAD")]["kind"] == kind and rows[(m, "RAD")]["spec"] == cols["RAD"].spec.label()
+    sizes = sorted(len((d / "ImageSets" / "Main" / "test.txt").read_text().split())
+                   for d in (tmp_path / "adv").iterdir() if d.is_dir())
+    assert sizes == [4, 4, 6]  # MagNet's two grey-box sets and the one RAD set, on notebook 05's 6 images

@@ -9,7 +9,8 @@ import torch
 from advlib.attacks import pgd
 from advlib.cache import AdversarialCache, CorruptCacheWarning
 from advlib.data import VOCDataset, collate
-from advlib.robustness import Transfer, adversarial_images, robustness_table, sweep
+from advlib.robustness import Transfer, adversarial_images, robustness_table
+from advlib.sweeps import sweep
 from conftest import make_model
 
 CLASSES = tuple(f"c{i}" for i in range(1, 13))
@@ -126,8 +127,8 @@ def test_result_cache_survives_a_torn_file_and_can_be_disabled(tmp_path):
 
 
 def test_sweep_curves_reuse_the_shared_point(models, data, monkeypatch):
-    import advlib.robustness as rob
-    from advlib.robustness import sweep_curves
+    import advlib.sweeps as rob
+    from advlib.sweeps import sweep_curves
 
     images, targets = data
     calls = []
@@ -230,3 +231,49 @@ def test_coco_ap_cells_are_pycocotools_on_the_same_detections(models, data, tmp_
     again = robustness_table(models, {"clean": None}, images, targets, CLASSES, progress=False, result_cache=rc2,
                              coco=True)
     assert not any(c.result_cached for c in again.cells) and again.coco_frame.notna().all().all()
+
+
+def test_mda_column_with_its_parts_equals_separate_tables_from_one_craft_of_each(models, data, monkeypatch):
+    from advlib.attacks import OBJECTIVES, preset
+    from advlib.attacks.mda import components
+
+    images, targets = data
+    cols = {"A_cls": preset("A_cls", steps=2, seed=3), "A_loc": preset("A_loc", steps=2, seed=3),
+            "MDA": preset("MDA", steps=2, seed=3)}
+    assert components(cols["MDA"]) == (cols["A_cls"], cols["A_loc"])  # the presets are exactly MDA's parts
+    alone = {c: robustness_table(models, {c: s}, images, targets, CLASSES, progress=False, result_cache=False)
+             for c, s in cols.items()}
+    crafts = []
+    for cls in {type(OBJECTIVES.build(name)) for name in ("cls", "loc")}:
+        def counting(self, *a, _real=cls.craft, **k):
+            crafts.append(self.name)
+            return _real(self, *a, **k)
+        monkeypatch.setattr(cls, "craft", counting)
+    together = robustness_table(models, cols, images, targets, CLASSES, progress=False, result_cache=False)
+    for m in models:
+        for c in cols:
+            a = next(x for x in alone[c].cells if x.model == m)
+            b = next(x for x in together.cells if x.model == m and x.attack == c)
+            np.testing.assert_equal((b.map, b.map_allpoint, b.ap), (a.map, a.map_allpoint, a.ap))
+    # per model: one A_cls and one A_loc craft per batch serve the three columns
+    assert sorted(crafts) == ["cls", "cls", "loc", "loc"]
+    # with A_cls and A_loc cached, MDA alone still crafts both (and nothing else is recomputed)
+    crafts.clear()
+    mixed = robustness_table({"A": models["A"]}, {"A_cls": cols["A_cls"], "MDA": cols["MDA"]}, images, targets,
+                             CLASSES, progress=False, result_cache=False)
+    assert sorted(crafts) == ["cls", "loc"] and mixed.get("A", "MDA") == alone["MDA"].get("A", "MDA")
+
+
+def test_mda_detections_equal_each_attack_run_alone(models, data):
+    from advlib.attacks import preset
+    from advlib.robustness import attacked_detections, mda_detections
+
+    images, targets = data
+    mda = preset("MDA", steps=2, seed=1)
+    got = mda_detections(models["B"], images, targets, mda, {"mda", "cls", "loc"}, batch_size=3, progress=False)
+    for part, spec in (("mda", mda), ("cls", preset("A_cls", steps=2, seed=1)), ("loc", preset("A_loc", steps=2, seed=1))):
+        ref = attacked_detections(models["B"], images, targets, spec, batch_size=3, progress=False)
+        assert len(got[part]) == len(ref) == len(images)
+        for d, r in zip(got[part], ref):
+            assert all(torch.equal(d[k], r[k]) for k in ("boxes", "scores", "labels"))
+    assert sum(len(d["scores"]) for d in got["mda"]) > 0  # detections to compare, not empty lists

@@ -40,21 +40,42 @@ class MDAObjective(Objective):
     def craft(self, model, images: Tensor, targets, spec: AttackSpec, snapshots=None, generators=None,
               matched: Matched | None = None):
         matched = ground_truth_matching(model, images, targets, matched, self.name)
-        one_step = (spec.steps == 1 and spec.update == "sign" and not spec.transforms and spec.momentum == 0
-                    and not spec.early_stop)
-        if one_step:
+        parts = components(spec)
+        if parts is None:
             if snapshots is not None and list(snapshots) != [1]:
                 raise ValueError(f"snapshots must lie in 1..1, got {snapshots}")
             x_cls, x_loc = _two_domain_step(model, images, matched, spec, generators)
             if snapshots is not None:
                 x_cls, x_loc = {1: x_cls}, {1: x_loc}
         else:
-            x_cls, x_loc = (OBJECTIVES.build(task).craft(model, images, targets, spec.replace(objective=task),
-                                                         snapshots, generators, matched)
-                            for task in ("cls", "loc"))
+            x_cls, x_loc = (OBJECTIVES.build(p.objective).craft(model, images, targets, p, snapshots, generators, matched)
+                            for p in parts)
         if snapshots is not None:
             return {k: pick_larger_loss(model, matched, x_cls[k], x_loc[k]) for k in x_cls}
         return pick_larger_loss(model, matched, x_cls, x_loc)
+
+
+def components(spec: AttackSpec) -> tuple[AttackSpec, AttackSpec] | None:
+    """The A_cls and A_loc specs an MDA spec crafts apart and then picks between per image, i.e.
+    exactly the attacks of those two columns (same ε, steps, start, seed), or ``None`` where MDA
+    does not craft them apart (one signed step from a shared start: MTD's training attack)."""
+    if spec.objective != "mda":
+        raise ValueError(f"not an MDA spec: objective {spec.objective!r}")
+    one_step = (spec.steps == 1 and spec.update == "sign" and not spec.transforms and spec.momentum == 0
+                and not spec.early_stop)
+    return None if one_step else (spec.replace(objective="cls"), spec.replace(objective="loc"))
+
+
+def craft_with_parts(model, images: Tensor, targets: list[dict], spec: AttackSpec) -> dict[str, Tensor]:
+    """An MDA batch and the two examples it chose from, from one craft of each: ``{"mda", "cls",
+    "loc"}`` → ``[B, 3, H, W]`` (a table that also has the A_cls and A_loc columns gets all three
+    for the price of the two attacks). ``spec`` must craft its parts apart (:func:`components`)."""
+    parts = components(spec)
+    if parts is None:
+        raise ValueError(f"{spec.label()} does not craft A_cls and A_loc apart")
+    matched = ground_truth_matching(model, images, targets, None, "mda")
+    x_cls, x_loc = (OBJECTIVES.build(p.objective).craft(model, images, targets, p, None, None, matched) for p in parts)
+    return {"mda": pick_larger_loss(model, matched, x_cls, x_loc), "cls": x_cls, "loc": x_loc}
 
 
 def _two_domain_step(model, images: Tensor, matched: Matched, spec: AttackSpec, generators) -> tuple[Tensor, Tensor]:
@@ -89,4 +110,5 @@ def pick_larger_loss(model, matched: Matched, x_a: Tensor, x_b: Tensor) -> Tenso
     return torch.where((l_a >= l_b).view(-1, 1, 1, 1), x_a, x_b)
 
 
-__all__ = ["MDAObjective", "pick_larger_loss", "task_input_gradients", "two_domain_step"]
+__all__ = ["MDAObjective", "components", "craft_with_parts", "pick_larger_loss", "task_input_gradients",
+           "two_domain_step"]

@@ -102,32 +102,52 @@ def _kind(row: str, col: str, atk, seed: int, exp_seed: int) -> str:
     return "white-box"
 
 
+def rad_set(exp, surrogate, spec, n: int, progress: bool = False):
+    """The RAD column's adversarial images: ``spec`` crafted once on ``surrogate`` from the first
+    ``max(n, rad.budget(...).images)`` evaluation images, i.e. notebook 05's Table 3 set (same
+    surrogate, spec and clean images, so the adversarial-set cache gives it to both notebooks), of
+    which the matrix evaluates the first ``n`` (its own images)."""
+    from advlib.robustness import transfer_set
+
+    images, targets = exp.eval_data
+    m = max(n, rad.budget(exp.profile.name).images)
+    adv, _ = transfer_set(surrogate, spec, images[:m], targets[:m], exp.classes, data_id=exp.data_id,
+                          source_name=SURROGATE, progress=progress)
+    return adv[:n]
+
+
 def compute(exp, per_seed: dict, images, targets, progress: bool = False) -> list[dict]:
-    """Every cell of every seed's models: rows ``seed, model, attack, map, kind, seconds,
-    result_cached, spec`` (the spec's label; ``kind`` says white-box, transfer or adaptive;
-    ``seconds`` the cell's time, ``result_cached`` whether the result cache gave it). RAD needs the surrogate (STD of
-    the experiment's seed); without it the column is left out."""
+    """Every cell of every seed's models on ``images``/``targets`` (the first evaluation images):
+    rows ``seed, model, attack, map, kind, seconds, result_cached, spec`` (the spec's label;
+    ``kind`` says white-box, transfer or adaptive; ``seconds`` the cell's time, ``result_cached``
+    whether the result cache gave it). RAD needs the surrogate (STD of the experiment's seed):
+    every row is evaluated on its set (:func:`rad_set`); without the surrogate the column is left out."""
+    from advlib.imageset import set_length
+
     cols = attacks(exp)
+    rad_cols = {c: a for c, a in cols.items() if isinstance(a, Transfer)}
+    cols = {c: a for c, a in cols.items() if c not in rad_cols}
     surrogate = per_seed.get(exp.seed, {}).get("STD")
-    if surrogate is None:
-        cols = {c: a for c, a in cols.items() if not isinstance(a, Transfer)}
-    sources = {} if surrogate is None else {SURROGATE: surrogate.model}
+    rad_x = (None if surrogate is None else
+             {c: rad_set(exp, surrogate.model, a.spec, set_length(images), progress) for c, a in rad_cols.items()})
     pgd_cls = f"PGD-{exp.profile.attack_steps} A_cls"
     rows = []
     for seed, found in per_seed.items():
         plain = {n: tm.model for n, tm in found.items() if n not in ADAPTIVE}
         tables = []  # (its columns, the table)
         if plain:
-            tables.append((cols, robustness_table(
-                plain, cols, images, targets, exp.classes, sources=sources, data_id=exp.data_id, progress=progress)))
+            tables.append((cols, robustness_table(plain, cols, images, targets, exp.classes, data_id=exp.data_id,
+                                                  progress=progress)))
         for name in (n for n in found if n in ADAPTIVE):
             model = found[name].model
-            mcols = {c: (a if a is None or isinstance(a, Transfer) else Transfer("protected detector", a))
-                     for c, a in cols.items()}
+            mcols = {c: (a if a is None else Transfer("protected detector", a)) for c, a in cols.items()}
             mcols["adaptive"] = cols[pgd_cls]
             tables.append((mcols, robustness_table(
-                {name: model}, mcols, images, targets, exp.classes,
-                sources={**sources, "protected detector": model.detector}, data_id=exp.data_id, progress=progress)))
+                {name: model}, mcols, images, targets, exp.classes, sources={"protected detector": model.detector},
+                data_id=exp.data_id, progress=progress)))
+        for c, adv in (rad_x or {}).items():  # every row (MagNet whole) on the surrogate's set
+            tables.append(({c: rad_cols[c]}, robustness_table({n: tm.model for n, tm in found.items()}, {c: None},
+                                                              adv, targets, exp.classes, progress=progress)))
         for used, tab in tables:
             for c in tab.cells:
                 atk = used[c.attack]
