@@ -1,6 +1,6 @@
 """Benchmarks (``make bench``): training step, evaluation throughput, PGD step vs training step, one RAD
-gradient (relevance map and its input gradient) vs the PGD step,
-and CWAT-fast against MTD-PGD10 (wall time per epoch and over the whole schedule, E epochs
+gradient (relevance map and its input gradient) vs the PGD step, a robustness table's MDA column
+computed with its A_cls/A_loc columns against the three computed apart, and CWAT-fast against MTD-PGD10 (wall time per epoch and over the whole schedule, E epochs
 against E/m, with the passes per iteration counted as they run).
 
 Everything is measured in one run on the same batch, so the ratios are comparable; the machine,
@@ -134,6 +134,7 @@ def main(argv=None) -> dict:
         "rad_step_s": t_rad, "rad_step_over_pgd_step": t_rad / t_pgd,
         "eval_images": n_eval, "eval_s_per_image": t_eval / n_eval, "eval_images_per_s": n_eval / t_eval,
     }
+    res.update(mda_table_speedup(exp, min(32, n_eval)))
     res.update(fast_training_speedup(exp, args.cost_images, args.cost_epochs))
     res.update(robustdet_overheads(exp, args.repeats))
     for k, v in res.items():
@@ -144,6 +145,31 @@ def main(argv=None) -> dict:
     out.write_text(json.dumps(res, indent=1) + "\n")
     print("wrote", out)
     return res
+
+
+def mda_table_speedup(exp, n_images: int) -> dict:
+    """A robustness table with PGD A_cls, A_loc and MDA columns (MDA from the same two crafts)
+    against the three columns as three tables, on one model and the first ``n_images`` evaluation
+    images, no result cache, timed in this run (the numbers must agree)."""
+    from advlib.attacks import preset
+    from advlib.robustness import robustness_table
+
+    k = exp.profile.attack_steps
+    cols = {c: preset(c, steps=k, seed=0) for c in ("A_cls", "A_loc", "MDA")}
+    images, targets = exp.eval_data
+    x, t = images[:n_images], targets[:n_images]
+    model = {"m": exp.build().eval()}
+    kw = dict(progress=False, result_cache=False)
+    t0 = time.perf_counter()
+    apart = {c: robustness_table(model, {c: s}, x, t, exp.classes, **kw).get("m", c) for c, s in cols.items()}
+    t_apart = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    together = robustness_table(model, cols, x, t, exp.classes, **kw)
+    t_together = time.perf_counter() - t0
+    if any(together.get("m", c) != v for c, v in apart.items()):
+        raise AssertionError(f"MDA with its parts changed a number: {apart} vs {together.frame.to_dict()}")
+    return {"mda_table_images": n_images, "mda_table_apart_s": t_apart, "mda_table_together_s": t_together,
+            "mda_table_speedup": t_apart / t_together}
 
 
 def fast_training_speedup(exp, n_images: int, epochs: int) -> dict:

@@ -100,7 +100,7 @@ display(premise.round(3))
 
 # %% [markdown]
 # ## Table 1: clean and adversarial mAP
-# Columns: **A_cls / A_loc** our PGD-10 (step 2/255, random start, as MTD and CWAT evaluate), **A_cls (official) / A_loc (official)** the official evaluation (20 steps of size ε, no random start), **MDA** (MTD's larger-loss pick of the A_cls and A_loc examples, from the same crafts; not a column of the paper's table), **CWA** (β = 6, PGD-10), **DAG** (notebook 01's preset with `budget.dag_steps` signed steps; the paper: 150). ε = 8/255. Every attack differentiates through the discriminator and the kernel mixing (as the official evaluation does).
+# Columns: **A_cls / A_loc** our PGD-10 (step 2/255, random start, as MTD and CWAT evaluate), **A_cls (official) / A_loc (official)** the official evaluation (20 steps of size ε, no random start), **MDA** (MTD's larger-loss pick of the A_cls and A_loc examples, from the same crafts; not a column of the paper's table), **CWA** (β = 6, PGD-10), **DAG** (notebook 01's preset with `budget.dag_steps` signed steps; the paper: 150), **RAP** (notebook 01's preset, `budget.rap_steps` signed steps; MTD Table 2's other attack from the literature, not a column of the paper's table). ε = 8/255. Every attack differentiates through the discriminator and the kernel mixing (as the official evaluation does).
 
 # %%
 ka = exp.profile.attack_steps
@@ -108,7 +108,7 @@ t1_attacks = {"clean": None, "A_cls": preset("A_cls", steps=ka, seed=seed), "A_l
               "A_cls (official)": robustdet.official_attack("cls", rb.official_steps),
               "A_loc (official)": robustdet.official_attack("loc", rb.official_steps),
               "MDA": preset("MDA", steps=ka, seed=seed), "CWA": preset("CWA", steps=ka, seed=seed),
-              "DAG": preset("DAG", steps=budget.dag_steps, seed=seed)}
+              "DAG": preset("DAG", steps=budget.dag_steps, seed=seed), "RAP": preset("RAP", steps=budget.rap_steps, seed=seed)}
 print({k: v.label() for k, v in t1_attacks.items() if v is not None})
 t1_models = {k: models[k] for k in ("STD", "CLS-1step", "LOC-1step", "MTD-1step", N_CWAT, "RobustDet", "RobustDet*", N_LONG)
              if k in models}

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from advlib.attacks import preset
+from advlib.attacks import fgsm, preset
 from advlib.experiment import setup
 from advlib.models.magnet import MagNetDetector
 from advlib.papers import advamd
@@ -203,11 +203,12 @@ display(mean_std_table(long.to_dict(orient="records")))
 
 # %% [markdown]
 # ## Beyond the paper: AdvAmd under the other papers' white-box attacks
-# A_cls, A_loc, CWA (β = 6) and DAG at ε = 8/255 (PGD-10, step 2/255; DAG `budget.dag_steps` signed steps), attacking each model itself, on `white_box_images` test images: the vanilla models, Adv-Train and AdvAmd of the seed setting — so that AdvAmd sits in the same table as notebooks 01-03's MTD, CWAT and RobustDet.
+# FGSM A_cls (CWAT Table 1's one step), A_cls, A_loc, MDA (MTD's larger-loss pick of the two, from the same crafts), CWA (β = 6), DAG and RAP at ε = 8/255 (PGD-10, step 2/255; DAG `budget.dag_steps` and RAP `budget.rap_steps` signed steps, notebook 01's presets), attacking each model itself, on `white_box_images` test images: the vanilla models, Adv-Train and AdvAmd of the seed setting — so that AdvAmd sits in the same table as notebooks 01-03's MTD, CWAT and RobustDet.
 
 # %%
-wb_attacks = {"clean": None, **{a: preset(a, steps=ab.white_box_steps, seed=seed) for a in ("A_cls", "A_loc", "CWA")},
-              "DAG": preset("DAG", steps=budget.dag_steps, seed=seed)}
+wb_attacks = {"clean": None, "FGSM A_cls": fgsm("cls", seed=seed),
+              **{a: preset(a, steps=ab.white_box_steps, seed=seed) for a in ("A_cls", "A_loc", "MDA", "CWA")},
+              "DAG": preset("DAG", steps=budget.dag_steps, seed=seed), "RAP": preset("RAP", steps=budget.rap_steps, seed=seed)}
 wb_models = {}
 for arch in ARCHS:
     name = advamd.ARCH_NAMES[arch]

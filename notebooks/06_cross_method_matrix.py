@@ -17,7 +17,7 @@
 #
 # **Where the models come from.** `advlib.papers.catalogue`: each model exactly as its notebook trains it, looked up in the model cache. Nothing is trained here: a model its notebook has not trained under this profile and data is a *missing* row, never replaced by a stand-in. Run notebooks 00-05 first (`make reproduce` does).
 #
-# **Columns** (`advlib.papers.matrix.attacks`, each spec printed below and stored with every cell): white-box FGSM and PGD on the classification loss, PGD on the localisation loss, MTD's MDA, CWAT's CWA, DAG and RAP, all at ε = 8/255 with notebooks 01/02's specs (so the result cache shares their cells); RAD with SI (notebook 05's Table 3 row, 16/255) crafted once on notebook 05's SSD surrogate, the STD model of this run's seed (its own row is therefore white-box) and transferred to every other row; and the *adaptive* attack where a model has one: MagNet's white-box columns are crafted on the detector it protects (the paper's grey-box setting), its adaptive column runs the same PGD A_cls through the reformer. "Points" are 0.01 mAP.
+# **Columns** (`advlib.papers.matrix.attacks`, each spec printed below and stored with every cell): white-box FGSM and PGD on the classification loss, PGD on the localisation loss, MTD's MDA, CWAT's CWA, DAG and RAP, all at ε = 8/255 with notebooks 01/02's specs (so the result cache shares their cells); RAD with SI (notebook 05's Table 3 row, 16/255) crafted once on notebook 05's SSD surrogate, the STD model of this run's seed (its own row is therefore white-box), and transferred to every other row: the set is notebook 05's own (crafted on its evaluation images, which begin with this notebook's; the adversarial-set cache gives it to both), of which every row is evaluated on the images above; and the *adaptive* attack where a model has one: MagNet's white-box columns are crafted on the detector it protects (the paper's grey-box setting), its adaptive column runs the same PGD A_cls through the reformer. "Points" are 0.01 mAP.
 
 # %% tags=["parameters"]
 import os
@@ -130,7 +130,7 @@ plt.show()
 
 # %% [markdown]
 # ## 3. Training cost beside robustness
-# Every recipe fine-tunes a copy of the cached STD model for `cost_epochs` epochs on the first `cost_images` images of the data it trains on (fast recipes: `cost_epochs / m` epochs of m replays), one after the other in one process: wall time per epoch and per iteration, forward and backward passes per iteration counted as they ran. Not a retraining: a short instrumented run (kept in the result cache with its date). MTD-PGD10 is timed although no notebook trains it.
+# Every recipe fine-tunes a copy of the cached STD model for `cost_epochs` epochs on the first `cost_images` images of the data it trains on (fast recipes: `cost_epochs / m` epochs of m replays), one after the other in one process: wall time per epoch and per iteration, forward and backward passes per iteration counted as they ran. Not a retraining: a short instrumented run (kept in the result cache with its date); its iterations are over the `cost_images` images (a smaller batch than training's where `cost_images` is below the batch size), so read the seconds as ratios between recipes. MTD-PGD10 is timed although no notebook trains it.
 
 # %%
 cost = matrix.training_cost(exp, mb)

@@ -180,15 +180,18 @@ class DetectionDataset(Dataset):
             list), ``annotations_sha256`` (sizes, boxes, labels, difficult flags), ``images_sha256``
             (every image file's bytes, see ``images_sha256``), ``classes``, ``size`` and ``num_images``.
         """
-        ann = [np.asarray(self._orig_sizes, dtype=np.int64).tobytes()]
-        for b, l, d in zip(self._boxes, self._labels, self._difficult):
-            ann += [np.int64(len(l)).tobytes(), b.tobytes(), l.tobytes(), d.tobytes()]
+        if getattr(self, "_annotations_digests", None) is None:  # held in memory, so hashed once
+            ann = [np.asarray(self._orig_sizes, dtype=np.int64).tobytes()]
+            for b, l, d in zip(self._boxes, self._labels, self._difficult):
+                ann += [np.int64(len(l)).tobytes(), b.tobytes(), l.tobytes(), d.tobytes()]
+            self._annotations_digests = (sha256_hex(["\n".join(self.ids).encode()]), sha256_hex(ann))
+        ids_sha, ann_sha = self._annotations_digests
         return {
             "format": self.data_format,
             "root": display_path(self.root),
             "split": self.split,
-            "ids_sha256": sha256_hex(["\n".join(self.ids).encode()]),
-            "annotations_sha256": sha256_hex(ann),
+            "ids_sha256": ids_sha,
+            "annotations_sha256": ann_sha,
             "images_sha256": self.images_sha256(),
             "classes": list(self.classes),
             "size": list(self.size),

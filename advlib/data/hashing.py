@@ -92,18 +92,23 @@ def hash_files(paths: Sequence[Path], cache_file: PathLike | None = None) -> lis
         _MEMORY[key] = _read_json(cache_path) if persist else {}
     entries = _MEMORY[key]
     digests, new = [], {}
+    folders: dict[str, str] = {}  # each folder resolved once (a dataset's files share a few); strings, not Paths
     for p in paths:
-        path = Path(p).resolve()
+        folder, name = os.path.split(os.fspath(p))
+        real = folders.get(folder)
+        if real is None:
+            real = folders[folder] = str(Path(folder).resolve())
+        path = os.path.join(real, name)
         try:
             st = os.stat(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"image file {p} not found (hashing the dataset's images)") from None
-        old = entries.get(str(path))
+        old = entries.get(path)
         if isinstance(old, list) and len(old) == 3 and old[:2] == [st.st_size, st.st_mtime_ns]:
             digests.append(old[2])
             continue
-        digest = sha256_file(path)
-        new[str(path)] = [st.st_size, st.st_mtime_ns, digest]
+        digest = sha256_file(Path(path))
+        new[path] = [st.st_size, st.st_mtime_ns, digest]
         digests.append(digest)
     if new:
         entries.update(new)

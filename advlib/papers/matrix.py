@@ -9,7 +9,8 @@ tables, so the result cache shares every cell they computed.
 
 Columns: white-box attacks on each row's own model (FGSM and PGD on the classification loss, PGD
 on the localisation loss, MTD's MDA, CWAT's CWA, DAG, RAP), RAD crafted once on the surrogate
-(notebook 05's SSD-VGG, the STD model of the experiment's seed: its own row is white-box) and, for a
+(notebook 05's SSD-VGG, the STD model of the experiment's seed: its own row is white-box; the set
+is notebook 05's, :func:`rad_set`) and, for a
 model with a pre-processing defence, the adaptive attack. MagNet's other cells are crafted on the
 detector it protects (the paper's grey-box setting, :data:`ADAPTIVE`).
 """
@@ -57,7 +58,7 @@ class MatrixBudget:
 
 
 BUDGETS = {"smoke": MatrixBudget(cost_images=8, cost_epochs=1, images=8),
-           "default": MatrixBudget(cost_images=32, cost_epochs=4),
+           "default": MatrixBudget(cost_images=16, cost_epochs=4),
            "voc": MatrixBudget(cost_images=1024, cost_epochs=4),
            "coco": MatrixBudget(cost_images=1024, cost_epochs=4)}
 
