@@ -152,6 +152,23 @@ def test_hash_cache_reuses_unchanged_files(tmp_path: Path, monkeypatch: pytest.M
     assert hash_files(files, cache)[1] == hashlib.sha256(b"changed!").hexdigest() and calls == [files[1].resolve()]
 
 
+def test_hash_cache_keys_files_by_their_resolved_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder reached through a symlink or a relative path shares the real folder's entries."""
+    import hashlib
+
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    (real_dir / "a.bin").write_bytes(b"a")
+    (tmp_path / "link").symlink_to(real_dir)
+    cache = tmp_path / "file_hashes.json"
+    assert hash_files([real_dir / "a.bin"], cache) == [hashlib.sha256(b"a").hexdigest()]
+    calls = []
+    monkeypatch.setattr(hashing, "sha256_file", lambda p: calls.append(p) or "recomputed")
+    monkeypatch.chdir(tmp_path)
+    assert hash_files([tmp_path / "link" / "a.bin", Path("real/a.bin")], cache) == [hashlib.sha256(b"a").hexdigest()] * 2
+    assert calls == [] and list(json.loads(cache.read_text())) == [str(real_dir.resolve() / "a.bin")]
+
+
 def test_hash_cache_concurrent_writers(tmp_path: Path) -> None:
     """Four processes hash different files into one cache at once: the JSON stays valid and complete."""
     spec = importlib.util.find_spec("advlib.data.hashing")
