@@ -65,24 +65,32 @@ def adversarial_images(model, images, targets: list[dict] | None, spec: AttackSp
 
 
 def crafted_batches(model, images, targets: list[dict] | None, spec: AttackSpec, batch_size: int = 32,
-                    progress: bool = True, device=None, snapshots: list[int] | None = None):
+                    progress: bool = True, device=None, snapshots: list[int] | None = None, craft=None):
     """``(chunk, adversarial images [B, 3, H, W] on the CPU)`` for this rank's batches (all of them
     in a single process), one at a time: what a streamed adversarial set is written from (with
-    ``snapshots``, ``{step: images}`` per batch)."""
+    ``snapshots``, ``{step: images}`` per batch). ``craft(model, x, targets, spec)`` replaces
+    :func:`~advlib.attacks.attack` for a batch (e.g. one returning several named sets; a dict
+    comes back with every value on the CPU)."""
     dev = torch.device(device) if device is not None else model_device(model)
     chunks = my_chunks(num_batches(images, batch_size))
     batches = iter_batches(images, targets, batch_size, chunks, pin_memory=dev.type == "cuda")
     for c, x, t in tqdm(batches, total=len(chunks), desc=spec.label(), disable=not (progress and is_main()),
                         leave=False):
-        out = attack(model, x.to(dev, non_blocking=True), None if targets is None else targets_to(dev, t), spec,
-                     snapshots=snapshots)
-        yield c, ({k: v.cpu() for k, v in out.items()} if snapshots is not None else out.cpu())
+        x, t = x.to(dev, non_blocking=True), None if targets is None else targets_to(dev, t)
+        out = attack(model, x, t, spec, snapshots=snapshots) if craft is None else craft(model, x, t, spec)
+        yield c, ({k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu())
 
 
 def _detect_cpu(model, x: Tensor) -> list[dict]:
     """One batch's detections, moved to the CPU."""
     with torch.no_grad():
         return [{k: v.cpu() for k, v in d.items()} for d in model.detect(x.to(model_device(model), non_blocking=True))]
+
+
+def all_ranks(mine: list[list[dict]]) -> list[dict]:
+    """Every image's detections in order from this rank's per-batch lists (torchrun: each rank
+    detected every W-th batch; a single process: its own batches)."""
+    return [d for batch in interleave(gather(mine)) for d in batch]
 
 
 def attacked_detections(model, images, targets: list[dict] | None, spec: AttackSpec | None, batch_size: int = 32,
@@ -105,7 +113,7 @@ def attacked_detections(model, images, targets: list[dict] | None, spec: AttackS
         mine.append(_detect_cpu(model, x))
         if keep and sum(len(k) for k in kept) < keep:
             kept.append(x.cpu())
-    dets = [d for batch in interleave(gather(mine)) for d in batch]
+    dets = all_ranks(mine)
     if keep is None:
         return dets
     kept = interleave(gather(kept))  # each rank kept its first chunks: r, r + W, ...
@@ -229,16 +237,11 @@ def mda_detections(model, images, targets: list[dict], spec: AttackSpec, want: s
     """Detections of ``model`` after the MDA ``spec`` and, from the same two crafts, after the
     A_cls and A_loc attacks it picks between (``want`` ⊆ ``{"mda", "cls", "loc"}``), batch by batch
     like :func:`attacked_detections` (rounded to 8 bits; torchrun: every W-th batch per rank)."""
-    dev = model_device(model)
-    chunks = my_chunks(num_batches(images, batch_size))
-    batches = iter_batches(images, targets, batch_size, chunks, pin_memory=dev.type == "cuda")
     mine: dict[str, list] = {w: [] for w in want}
-    for _, x, t in tqdm(batches, total=len(chunks), desc=spec.label(), disable=not (progress and is_main()),
-                        leave=False):
-        out = craft_with_parts(model, x.to(dev, non_blocking=True), targets_to(dev, t), spec)
+    for _, out in crafted_batches(model, images, targets, spec, batch_size, progress, craft=craft_with_parts):
         for w in want:
-            mine[w].append(_detect_cpu(model, round_8bit(out[w].cpu())))
-    return {w: [d for batch in interleave(gather(m)) for d in batch] for w, m in mine.items()}
+            mine[w].append(_detect_cpu(model, round_8bit(out[w])))
+    return {w: all_ranks(m) for w, m in mine.items()}
 
 
 def transfer_set(source, spec: AttackSpec, images, targets: list[dict], classes, cache: AdversarialCache | None = None,

@@ -14,9 +14,8 @@ from tqdm.auto import tqdm
 
 from advlib.attacks import AttackSpec
 from advlib.cache import ResultCache, data_fingerprint, model_fingerprint, round_8bit
-from advlib.distributed import gather, interleave
 from advlib.evaluate import evaluate_voc
-from advlib.robustness import _detect_cpu, _number, attacked_detections, crafted_batches, detect_all
+from advlib.robustness import _detect_cpu, _number, all_ranks, attacked_detections, crafted_batches, detect_all
 
 def _valid_sweep_rows(rows) -> bool:
     """Cached sweep rows: numeric ``eps``, ``eps_px``, ``steps``, ``map`` (``None`` for NaN), dict ``spec``."""
@@ -63,7 +62,7 @@ def _sweep_rows(model, spec, images, targets, num_classes, eps, steps, batch_siz
                 for s in positive:
                     mine[s].append(_detect_cpu(model, round_8bit(snaps[s])))
             for s in positive:
-                dets[s] = [d for batch in interleave(gather(mine[s])) for d in batch]
+                dets[s] = all_ranks(mine[s])
         for s in steps:
             m = evaluate_voc(dets[s], targets, num_classes).map
             rows.append({"eps": spec.eps, "eps_px": spec.eps * 255, "steps": s, "map": m,

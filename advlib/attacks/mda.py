@@ -48,8 +48,7 @@ class MDAObjective(Objective):
             if snapshots is not None:
                 x_cls, x_loc = {1: x_cls}, {1: x_loc}
         else:
-            x_cls, x_loc = (OBJECTIVES.build(p.objective).craft(model, images, targets, p, snapshots, generators, matched)
-                            for p in parts)
+            x_cls, x_loc = _craft(model, images, targets, parts, matched, snapshots, generators)
         if snapshots is not None:
             return {k: pick_larger_loss(model, matched, x_cls[k], x_loc[k]) for k in x_cls}
         return pick_larger_loss(model, matched, x_cls, x_loc)
@@ -74,8 +73,15 @@ def craft_with_parts(model, images: Tensor, targets: list[dict], spec: AttackSpe
     if parts is None:
         raise ValueError(f"{spec.label()} does not craft A_cls and A_loc apart")
     matched = ground_truth_matching(model, images, targets, None, "mda")
-    x_cls, x_loc = (OBJECTIVES.build(p.objective).craft(model, images, targets, p, None, None, matched) for p in parts)
+    x_cls, x_loc = _craft(model, images, targets, parts, matched)
     return {"mda": pick_larger_loss(model, matched, x_cls, x_loc), "cls": x_cls, "loc": x_loc}
+
+
+def _craft(model, images: Tensor, targets, parts: tuple[AttackSpec, AttackSpec], matched: Matched, snapshots=None,
+           generators=None) -> tuple:
+    """The A_cls and A_loc examples of :func:`components`, sharing one anchor matching."""
+    return tuple(OBJECTIVES.build(p.objective).craft(model, images, targets, p, snapshots, generators, matched)
+                 for p in parts)
 
 
 def _two_domain_step(model, images: Tensor, matched: Matched, spec: AttackSpec, generators) -> tuple[Tensor, Tensor]:
